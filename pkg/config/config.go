@@ -1,0 +1,536 @@
+// Package config loads and validates the YAML file named by OTARIINAE_CONFIG:
+// services, their pipelines, and the webhooks that hear about them.
+//
+// Unknown keys are rejected with their line; every other error names the
+// field path (services[0].pipeline[1].targets). Keys the design reserves for
+// capabilities not built yet are parsed, and a value that would need them is
+// rejected rather than silently ignored.
+package config
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Duration is a time.Duration written as a Go duration string ("90s", "30m").
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as 90s or 30m", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: invalid duration %q: want a Go duration such as 90s or 30m", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Config is the whole file.
+type Config struct {
+	Services []Service `yaml:"services"`
+	Webhooks []Webhook `yaml:"webhooks"`
+	Tokens   []Token   `yaml:"tokens"`
+	GitHub   *GitHub   `yaml:"github"`
+}
+
+// Service is one deployable thing and its pipeline.
+type Service struct {
+	Name            string        `yaml:"name"`
+	Repository      string        `yaml:"repository"`
+	GitURL          string        `yaml:"git_url"`
+	Secret          string        `yaml:"secret"`
+	Branches        []string      `yaml:"branches"`
+	Tags            bool          `yaml:"tags"`
+	PullRequests    bool          `yaml:"pull_requests"`
+	Artifacts       []string      `yaml:"artifacts"`
+	Deploy          string        `yaml:"deploy"`
+	Shell           bool          `yaml:"shell"`
+	Secrets         []string      `yaml:"secrets"`
+	FailureStrategy string        `yaml:"failure_strategy"`
+	Supersede       *bool         `yaml:"supersede"`
+	Pipeline        []Environment `yaml:"pipeline"`
+}
+
+// Environment is one stage of a pipeline.
+type Environment struct {
+	Environment string            `yaml:"environment"`
+	Targets     map[string]string `yaml:"targets"`
+	Strategy    string            `yaml:"strategy"`
+	MaxParallel any               `yaml:"max_parallel"`
+	MaxFailures int               `yaml:"max_failures"`
+	Timeout     Duration          `yaml:"timeout"`
+	Env         map[string]string `yaml:"env"`
+	Parallel    bool              `yaml:"parallel"`
+	Promotions  []Promotion       `yaml:"promotions"`
+}
+
+// Promotion gates an environment after its deploy completed.
+type Promotion struct {
+	Name     string   `yaml:"name"`
+	Type     string   `yaml:"type"`
+	Command  string   `yaml:"command"`
+	Timeout  Duration `yaml:"timeout"`
+	Duration Duration `yaml:"duration"`
+}
+
+// Webhook is a subscriber to state changes.
+type Webhook struct {
+	Name          string            `yaml:"name"`
+	URL           string            `yaml:"url"`
+	Secret        string            `yaml:"secret"`
+	Events        []string          `yaml:"events"`
+	Services      []string          `yaml:"services"`
+	Headers       map[string]string `yaml:"headers"`
+	Timeout       Duration          `yaml:"timeout"`
+	RateLimit     float64           `yaml:"rate_limit"`
+	MaxInFlight   int               `yaml:"max_in_flight"`
+	Ordered       bool              `yaml:"ordered"`
+	Format        string            `yaml:"format"`
+	RetrySchedule []Duration        `yaml:"retry_schedule"`
+	DisableAfter  Duration          `yaml:"disable_after"`
+	Token         string            `yaml:"token"`
+	APIURL        string            `yaml:"api_url"`
+}
+
+// Token is an API token, stored as the hex SHA-256 of its value.
+type Token struct {
+	Name   string   `yaml:"name"`
+	SHA256 string   `yaml:"sha256"`
+	Scopes []string `yaml:"scopes"`
+}
+
+// GitHub configures delivery-gap repair.
+type GitHub struct {
+	APIURL         string     `yaml:"api_url"`
+	Token          string     `yaml:"token"`
+	RepairInterval Duration   `yaml:"repair_interval"`
+	Hooks          []RepoHook `yaml:"hooks"`
+}
+
+// RepoHook names one GitHub webhook to watch.
+type RepoHook struct {
+	Repository   string `yaml:"repository"`
+	Organization string `yaml:"organization"`
+	HookID       int64  `yaml:"hook_id"`
+}
+
+// Defaults.
+const (
+	DefaultDeployTimeout  = 30 * time.Minute
+	DefaultWebhookTimeout = 15 * time.Second
+	DefaultMaxInFlight    = 16
+)
+
+// Load reads and validates the file at path.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	cfg, err := Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes, defaults and validates a config.
+func Parse(r io.Reader) (*Config, error) {
+	b, err := io.ReadAll(io.LimitReader(r, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("parse: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+var (
+	nameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	repoRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$`)
+	labelRE   = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,63}$`)
+	envVarRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	artRE     = regexp.MustCompile(`^[A-Za-z0-9._-]+:[A-Za-z0-9._/-]+$`)
+	eventRE   = regexp.MustCompile(`^(\*|[a-z]+\.(\*|[a-z]+))$`)
+	hookNames = []string{
+		"flow.created", "flow.started", "flow.succeeded", "flow.failed", "flow.cancelled",
+		"deployment.created", "deployment.started", "deployment.completed",
+		"deployment.succeeded", "deployment.failed", "deployment.cancelled",
+		"promotion.started", "promotion.passed", "promotion.failed",
+	}
+)
+
+// HookTypes lists every hook type the system emits.
+func HookTypes() []string { return append([]string(nil), hookNames...) }
+
+func (c *Config) defaults() error {
+	for i := range c.Services {
+		s := &c.Services[i]
+		if s.GitURL == "" && s.Repository != "" {
+			s.GitURL = "https://github.com/" + s.Repository + ".git"
+		}
+		if len(s.Artifacts) == 0 && s.Repository != "" {
+			s.Artifacts = []string{ArtifactOf(s.Repository)}
+		}
+		if s.FailureStrategy == "" {
+			s.FailureStrategy = "stop"
+		}
+		if s.Supersede == nil {
+			t := true
+			s.Supersede = &t
+		}
+		for j := range s.Pipeline {
+			e := &s.Pipeline[j]
+			if e.Strategy == "" {
+				e.Strategy = "all_at_once"
+			}
+			if e.Timeout == 0 {
+				e.Timeout = Duration(DefaultDeployTimeout)
+			}
+		}
+	}
+	for i := range c.Webhooks {
+		w := &c.Webhooks[i]
+		if len(w.Events) == 0 {
+			w.Events = []string{"*"}
+		}
+		if w.Timeout == 0 {
+			w.Timeout = Duration(DefaultWebhookTimeout)
+		}
+		if w.MaxInFlight == 0 {
+			w.MaxInFlight = DefaultMaxInFlight
+		}
+		if w.Format == "" {
+			w.Format = "native"
+		}
+	}
+	return nil
+}
+
+// FieldError is a validation error naming the offending field.
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+
+func ferr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// Validate checks the whole config and returns the first problem found.
+func (c *Config) Validate() error {
+	names := map[string]bool{}
+	for i, s := range c.Services {
+		p := fmt.Sprintf("services[%d]", i)
+		if !nameRE.MatchString(s.Name) {
+			return ferr(p+".name", "%q must match [a-z0-9][a-z0-9-]*", s.Name)
+		}
+		if names[s.Name] {
+			return ferr(p+".name", "duplicate service %q", s.Name)
+		}
+		names[s.Name] = true
+		p = fmt.Sprintf("services[%d] (%s)", i, s.Name)
+		if !repoRE.MatchString(s.Repository) {
+			return ferr(p+".repository", "%q must be a GitHub org/repo", s.Repository)
+		}
+		if err := validGitURL(s.GitURL); err != nil {
+			return ferr(p+".git_url", "%v", err)
+		}
+		if len(s.Branches) == 0 {
+			return ferr(p+".branches", "list at least one branch whose pushes deploy")
+		}
+		for j, b := range s.Branches {
+			if b == "" || strings.HasPrefix(b, "-") || strings.HasPrefix(b, "refs/") {
+				return ferr(fmt.Sprintf("%s.branches[%d]", p, j), "%q must be a branch name such as main", b)
+			}
+		}
+		if s.Tags {
+			return ferr(p+".tags", "tag pushes are not supported in this version")
+		}
+		if s.PullRequests {
+			return ferr(p+".pull_requests", "pull request flows are not supported in this version")
+		}
+		for j, a := range s.Artifacts {
+			if !artRE.MatchString(a) {
+				return ferr(fmt.Sprintf("%s.artifacts[%d]", p, j), "%q must be group:name", a)
+			}
+		}
+		if len(strings.Fields(s.Deploy)) == 0 {
+			return ferr(p+".deploy", "the deploy command is required")
+		}
+		for j, v := range s.Secrets {
+			if !envVarRE.MatchString(v) {
+				return ferr(fmt.Sprintf("%s.secrets[%d]", p, j), "%q is not a variable name", v)
+			}
+		}
+		switch s.FailureStrategy {
+		case "stop":
+		case "rollback":
+			return ferr(p+".failure_strategy", "rollback is not supported in this version; use stop")
+		default:
+			return ferr(p+".failure_strategy", "%q must be stop or rollback", s.FailureStrategy)
+		}
+		if len(s.Pipeline) == 0 {
+			return ferr(p+".pipeline", "list at least one environment")
+		}
+		envs := map[string]bool{}
+		for j, e := range s.Pipeline {
+			ep := fmt.Sprintf("%s.pipeline[%d]", p, j)
+			if !nameRE.MatchString(e.Environment) {
+				return ferr(ep+".environment", "%q must match [a-z0-9][a-z0-9-]*", e.Environment)
+			}
+			if envs[e.Environment] {
+				return ferr(ep+".environment", "duplicate environment %q", e.Environment)
+			}
+			envs[e.Environment] = true
+			if len(e.Targets) == 0 {
+				return ferr(ep+".targets", "name at least one label pair, e.g. {env: %s}", e.Environment)
+			}
+			for k, v := range e.Targets {
+				if !labelRE.MatchString(k) || !labelRE.MatchString(v) {
+					return ferr(ep+".targets", "label %q=%q: keys and values must match [A-Za-z0-9._/-]+", k, v)
+				}
+			}
+			switch e.Strategy {
+			case "all_at_once":
+			case "rolling":
+				return ferr(ep+".strategy", "rolling is not supported in this version; use all_at_once")
+			default:
+				return ferr(ep+".strategy", "%q must be all_at_once or rolling", e.Strategy)
+			}
+			if e.MaxParallel != nil || e.MaxFailures != 0 {
+				return ferr(ep+".max_parallel", "max_parallel and max_failures apply to strategy rolling, not supported in this version")
+			}
+			if e.Timeout < 0 {
+				return ferr(ep+".timeout", "must be positive")
+			}
+			for k := range e.Env {
+				if !envVarRE.MatchString(k) {
+					return ferr(ep+".env", "%q is not a variable name", k)
+				}
+				if strings.HasPrefix(k, "OTARIINAE_") {
+					return ferr(ep+".env", "%q: the OTARIINAE_ prefix is reserved for variables the agent sets", k)
+				}
+			}
+			if len(e.Promotions) > 0 || e.Parallel {
+				return ferr(ep+".promotions", "promotions are not supported in this version")
+			}
+		}
+	}
+	hooks := map[string]bool{}
+	for i, w := range c.Webhooks {
+		p := fmt.Sprintf("webhooks[%d]", i)
+		if !nameRE.MatchString(w.Name) {
+			return ferr(p+".name", "%q must match [a-z0-9][a-z0-9-]*", w.Name)
+		}
+		if hooks[w.Name] {
+			return ferr(p+".name", "duplicate webhook %q", w.Name)
+		}
+		hooks[w.Name] = true
+		p = fmt.Sprintf("webhooks[%d] (%s)", i, w.Name)
+		if !strings.HasPrefix(w.URL, "http://") && !strings.HasPrefix(w.URL, "https://") {
+			return ferr(p+".url", "%q must be an http:// or https:// URL", w.URL)
+		}
+		if w.Secret != "" {
+			if _, err := DecodeSecret(w.Secret); err != nil {
+				return ferr(p+".secret", "%v", err)
+			}
+		}
+		for j, ev := range w.Events {
+			if !eventRE.MatchString(ev) || !matchesAny(ev) {
+				return ferr(fmt.Sprintf("%s.events[%d]", p, j), "%q matches no hook type; use *, flow.*, deployment.* or a type such as deployment.succeeded", ev)
+			}
+		}
+		for j, sv := range w.Services {
+			if !names[sv] {
+				return ferr(fmt.Sprintf("%s.services[%d]", p, j), "unknown service %q", sv)
+			}
+		}
+		if w.Timeout < 0 {
+			return ferr(p+".timeout", "must be positive")
+		}
+		if w.Format != "native" {
+			return ferr(p+".format", "%q is not supported in this version; use native", w.Format)
+		}
+		if w.RateLimit != 0 || w.Ordered || len(w.RetrySchedule) > 0 || w.DisableAfter != 0 || w.Token != "" || w.APIURL != "" {
+			return ferr(p, "rate_limit, ordered, retry_schedule, disable_after, token and api_url are not supported in this version")
+		}
+		if w.MaxInFlight < 0 {
+			return ferr(p+".max_in_flight", "must be positive")
+		}
+	}
+	if len(c.Tokens) > 0 {
+		return ferr("tokens", "API tokens are not supported in this version")
+	}
+	if c.GitHub != nil {
+		return ferr("github", "delivery-gap repair is not supported in this version")
+	}
+	return nil
+}
+
+func validGitURL(u string) error {
+	if strings.HasPrefix(u, "-") {
+		return fmt.Errorf("%q must not start with -", u)
+	}
+	for _, pre := range []string{"https://", "http://", "ssh://", "git://", "file://", "git@"} {
+		if strings.HasPrefix(u, pre) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q must be an https://, ssh://, git://, file:// or git@host: URL", u)
+}
+
+func matchesAny(pattern string) bool {
+	for _, t := range hookNames {
+		if MatchEvent(pattern, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// MatchEvent reports whether a webhook's events pattern selects hook type typ.
+// Patterns are "*", "<kind>.*" or an exact type.
+func MatchEvent(pattern, typ string) bool {
+	if pattern == "*" || pattern == typ {
+		return true
+	}
+	if kind, ok := strings.CutSuffix(pattern, ".*"); ok {
+		return strings.HasPrefix(typ, kind+".")
+	}
+	return false
+}
+
+// Wants reports whether webhook w subscribes to hook type typ for service svc.
+func (w *Webhook) Wants(typ, svc string) bool {
+	if len(w.Services) > 0 {
+		found := false
+		for _, s := range w.Services {
+			found = found || s == svc
+		}
+		if !found {
+			return false
+		}
+	}
+	for _, p := range w.Events {
+		if MatchEvent(p, typ) {
+			return true
+		}
+	}
+	return false
+}
+
+// ArtifactOf is the artifact name a repository's pushes create: "org:repo".
+func ArtifactOf(repository string) string {
+	return strings.Replace(repository, "/", ":", 1)
+}
+
+// ServicesForRepository returns the services whose repository is repo
+// (GitHub names compare case-insensitively).
+func (c *Config) ServicesForRepository(repo string) []*Service {
+	var out []*Service
+	for i := range c.Services {
+		if strings.EqualFold(c.Services[i].Repository, repo) {
+			out = append(out, &c.Services[i])
+		}
+	}
+	return out
+}
+
+// ServicesForArtifact returns the services that deploy artifact.
+func (c *Config) ServicesForArtifact(artifact string) []*Service {
+	var out []*Service
+	for i := range c.Services {
+		for _, a := range c.Services[i].Artifacts {
+			if strings.EqualFold(a, artifact) {
+				out = append(out, &c.Services[i])
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Service returns the service named name, or nil.
+func (c *Config) Service(name string) *Service {
+	for i := range c.Services {
+		if c.Services[i].Name == name {
+			return &c.Services[i]
+		}
+	}
+	return nil
+}
+
+// Webhook returns the webhook named name, or nil.
+func (c *Config) Webhook(name string) *Webhook {
+	for i := range c.Webhooks {
+		if c.Webhooks[i].Name == name {
+			return &c.Webhooks[i]
+		}
+	}
+	return nil
+}
+
+// TracksBranch reports whether a push to branch creates an artifact.
+func (s *Service) TracksBranch(branch string) bool {
+	for _, b := range s.Branches {
+		if b == branch {
+			return true
+		}
+	}
+	return false
+}
+
+// DecodeSecret returns the key bytes of a Standard Webhooks secret
+// ("whsec_" + base64 of 24 to 64 bytes).
+func DecodeSecret(s string) ([]byte, error) {
+	raw, ok := strings.CutPrefix(s, "whsec_")
+	if !ok {
+		return nil, errors.New("must start with whsec_ (Standard Webhooks secret)")
+	}
+	b, err := base64.StdEncoding.DecodeString(raw)
+	if err != nil {
+		return nil, errors.New("the part after whsec_ must be standard base64")
+	}
+	if len(b) < 24 || len(b) > 64 {
+		return nil, fmt.Errorf("the key must be 24 to 64 bytes, got %d", len(b))
+	}
+	return b, nil
+}
+
+// NewSecret returns a fresh Standard Webhooks secret of 32 random bytes.
+func NewSecret() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return "whsec_" + base64.StdEncoding.EncodeToString(b)
+}

@@ -1,0 +1,328 @@
+package store
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/shanenoi/otariinae/pkg/flow"
+)
+
+var (
+	//go:embed scripts/commit.lua
+	commitSrc    string
+	commitScript = redis.NewScript(commitSrc)
+
+	//go:embed scripts/outbox_ack.lua
+	outboxAckSrc    string
+	outboxAckScript = redis.NewScript(outboxAckSrc)
+)
+
+// ErrConflict means another writer changed the flow since it was loaded.
+var ErrConflict = errors.New("flow changed concurrently")
+
+// ErrAlreadyApplied means the event was applied to the flow before.
+var ErrAlreadyApplied = errors.New("event already applied")
+
+// ErrNotFound means no such flow.
+var ErrNotFound = errors.New("not found")
+
+// Loaded is a flow with the revision it was read at (0: does not exist).
+type Loaded struct {
+	Flow    *flow.Flow
+	Rev     int64
+	Applied bool // the event asked about was already applied
+}
+
+// LoadFlow reads a flow, its revision, and whether eventID was applied.
+func (s *Store) LoadFlow(ctx context.Context, flowID, eventID string) (Loaded, error) {
+	pipe := s.rdb.Pipeline()
+	hget := pipe.HMGet(ctx, s.keys.Flow(flowID), "state", "rev")
+	applied := pipe.SIsMember(ctx, s.keys.Applied(flowID), eventID)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return Loaded{}, fmt.Errorf("load flow %s: %w", flowID, err)
+	}
+	out := Loaded{Applied: applied.Val()}
+	vals := hget.Val()
+	if len(vals) == 2 && vals[0] != nil {
+		var f flow.Flow
+		if err := json.Unmarshal([]byte(vals[0].(string)), &f); err != nil {
+			return Loaded{}, fmt.Errorf("decode flow %s: %w", flowID, err)
+		}
+		rev, err := strconv.ParseInt(fmt.Sprint(vals[1]), 10, 64)
+		if err != nil {
+			return Loaded{}, fmt.Errorf("decode rev of flow %s: %w", flowID, err)
+		}
+		out.Flow, out.Rev = &f, rev
+	}
+	return out, nil
+}
+
+// Commit writes the flow, marks eventID applied and appends outbox entries,
+// atomically, if the flow is still at rev. It returns ErrConflict or
+// ErrAlreadyApplied when it wrote nothing.
+func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID string, outbox [][]byte) (int64, error) {
+	state, err := json.Marshal(f)
+	if err != nil {
+		return 0, fmt.Errorf("encode flow %s: %w", f.ID, err)
+	}
+	args := make([]any, 0, 3+len(outbox))
+	args = append(args, rev, state, eventID)
+	for _, o := range outbox {
+		args = append(args, o)
+	}
+	keys := []string{s.keys.Flow(f.ID), s.keys.Applied(f.ID), s.keys.Outbox(f.ID)}
+	n, err := commitScript.Run(ctx, s.rdb, keys, args...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("commit flow %s: %w", f.ID, err)
+	}
+	switch n {
+	case -1:
+		return 0, ErrConflict
+	case -2:
+		return 0, ErrAlreadyApplied
+	}
+	return n, nil
+}
+
+// Outbox returns a flow's unpublished outbox entries, oldest first.
+func (s *Store) Outbox(ctx context.Context, flowID string) ([][]byte, error) {
+	vals, err := s.rdb.LRange(ctx, s.keys.Outbox(flowID), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read outbox of %s: %w", flowID, err)
+	}
+	out := make([][]byte, len(vals))
+	for i, v := range vals {
+		out[i] = []byte(v)
+	}
+	return out, nil
+}
+
+// AckOutbox removes published entries from the head of the outbox.
+func (s *Store) AckOutbox(ctx context.Context, flowID string, published [][]byte) error {
+	if len(published) == 0 {
+		return nil
+	}
+	args := make([]any, len(published))
+	for i, p := range published {
+		args[i] = p
+	}
+	if err := outboxAckScript.Run(ctx, s.rdb, []string{s.keys.Outbox(flowID)}, args...).Err(); err != nil {
+		return fmt.Errorf("ack outbox of %s: %w", flowID, err)
+	}
+	return nil
+}
+
+// RepoKey is the canonical (lower-case) form of a GitHub org/repo.
+func RepoKey(repo string) string { return strings.ToLower(repo) }
+
+// IndexFlow records a flow in the read indexes. Idempotent: the engine calls
+// it again when it replays an event whose state write already landed.
+func (s *Store) IndexFlow(ctx context.Context, f *flow.Flow) error {
+	score := float64(f.CreatedAt.UnixMilli())
+	repo := RepoKey(f.Repository)
+	pipe := s.rdb.Pipeline()
+	pipe.ZAddNX(ctx, s.keys.Flows(), redis.Z{Score: score, Member: f.ID})
+	if repo != "" {
+		pipe.ZAddNX(ctx, s.keys.RepoFlows(repo), redis.Z{Score: score, Member: f.ID})
+		pipe.SAdd(ctx, s.keys.CommitFlows(repo, strings.ToLower(f.Commit)), f.ID)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("index flow %s: %w", f.ID, err)
+	}
+	return nil
+}
+
+// GetFlow returns a flow, or ErrNotFound.
+func (s *Store) GetFlow(ctx context.Context, id string) (*flow.Flow, error) {
+	flows, err := s.getFlows(ctx, []string{id})
+	if err != nil {
+		return nil, err
+	}
+	if flows[0] == nil {
+		return nil, fmt.Errorf("flow %s: %w", id, ErrNotFound)
+	}
+	return flows[0], nil
+}
+
+// getFlows reads flows by id; a missing one is nil at its index.
+func (s *Store) getFlows(ctx context.Context, ids []string) ([]*flow.Flow, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HGet(ctx, s.keys.Flow(id), "state")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read flows: %w", err)
+	}
+	out := make([]*flow.Flow, len(ids))
+	for i, c := range cmds {
+		b, err := c.Bytes()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read flow %s: %w", ids[i], err)
+		}
+		var f flow.Flow
+		if err := json.Unmarshal(b, &f); err != nil {
+			return nil, fmt.Errorf("decode flow %s: %w", ids[i], err)
+		}
+		out[i] = &f
+	}
+	return out, nil
+}
+
+// CommitFlows returns the flows of one commit of a repository, oldest first.
+func (s *Store) CommitFlows(ctx context.Context, repo, commit string) ([]*flow.Flow, error) {
+	ids, err := s.rdb.SMembers(ctx, s.keys.CommitFlows(RepoKey(repo), strings.ToLower(commit))).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read flows of %s@%s: %w", repo, commit, err)
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	flows, err := s.getFlows(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := flows[:0]
+	for _, f := range flows {
+		if f != nil {
+			out = append(out, f)
+		}
+	}
+	sortFlows(out)
+	return out, nil
+}
+
+func sortFlows(fs []*flow.Flow) {
+	// Oldest first, then by service name: a stable order for one commit.
+	slices.SortFunc(fs, func(a, b *flow.Flow) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Service, b.Service)
+	})
+}
+
+// Page is one page of a newest-first listing.
+type Page struct {
+	Flows      []*flow.Flow
+	NextCursor string
+}
+
+// RepoFlows lists a repository's flows newest first. cursor is the
+// NextCursor of the previous page ("" for the first).
+func (s *Store) RepoFlows(ctx context.Context, repo, cursor string, limit int) (Page, error) {
+	return s.listFlows(ctx, s.keys.RepoFlows(RepoKey(repo)), cursor, limit)
+}
+
+// ErrBadCursor means the cursor was not produced by a listing.
+var ErrBadCursor = errors.New("invalid cursor")
+
+// listFlows pages a time-scored sorted set of flow ids, newest first. The
+// cursor is "<score>:<id>" of the last item returned, so items added while a
+// client pages do not shift the pages.
+func (s *Store) listFlows(ctx context.Context, key, cursor string, limit int) (Page, error) {
+	max := "+inf"
+	var afterID string
+	var afterScore float64
+	if cursor != "" {
+		sc, id, ok := strings.Cut(cursor, ":")
+		v, err := strconv.ParseInt(sc, 10, 64)
+		if !ok || err != nil || id == "" {
+			return Page{}, ErrBadCursor
+		}
+		afterScore, afterID, max = float64(v), id, sc
+	}
+	// Fetch one page plus the items sharing the cursor's score.
+	zs, err := s.rdb.ZRevRangeByScoreWithScores(ctx, key, &redis.ZRangeBy{Max: max, Min: "-inf", Count: int64(limit) + 64}).Result()
+	if err != nil {
+		return Page{}, fmt.Errorf("list flows: %w", err)
+	}
+	var ids []string
+	var scores []float64
+	skipping := cursor != ""
+	for _, z := range zs {
+		id := z.Member.(string)
+		if skipping {
+			if z.Score == afterScore && id >= afterID {
+				continue
+			}
+			skipping = false
+		}
+		ids = append(ids, id)
+		scores = append(scores, z.Score)
+		if len(ids) == limit+1 {
+			break
+		}
+	}
+	page := Page{}
+	if len(ids) > limit {
+		ids, scores = ids[:limit], scores[:limit]
+		page.NextCursor = fmt.Sprintf("%d:%s", int64(scores[limit-1]), ids[limit-1])
+	}
+	flows, err := s.getFlows(ctx, ids)
+	if err != nil {
+		return Page{}, err
+	}
+	for _, f := range flows {
+		if f != nil {
+			page.Flows = append(page.Flows, f)
+		}
+	}
+	return page, nil
+}
+
+// AgentRecord is an agent's last heartbeat, as stored.
+type AgentRecord struct {
+	ID         string            `json:"id"`
+	Hostname   string            `json:"hostname"`
+	Labels     map[string]string `json:"labels"`
+	Version    string            `json:"version"`
+	State      string            `json:"state"`
+	LastSeenAt time.Time         `json:"last_seen_at"`
+	Jobs       int               `json:"jobs"`
+}
+
+// PutAgent records an agent's heartbeat.
+func (s *Store) PutAgent(ctx context.Context, a AgentRecord) error {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("encode agent %s: %w", a.ID, err)
+	}
+	if err := s.rdb.HSet(ctx, s.keys.Agents(), a.ID, b).Err(); err != nil {
+		return fmt.Errorf("record agent %s: %w", a.ID, err)
+	}
+	return nil
+}
+
+// Agents returns every agent ever seen, with state "lost" for those whose
+// last heartbeat is older than lostAfter at now.
+func (s *Store) Agents(ctx context.Context, now time.Time, lostAfter time.Duration) ([]AgentRecord, error) {
+	vals, err := s.rdb.HGetAll(ctx, s.keys.Agents()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read agents: %w", err)
+	}
+	out := make([]AgentRecord, 0, len(vals))
+	for id, v := range vals {
+		var a AgentRecord
+		if err := json.Unmarshal([]byte(v), &a); err != nil {
+			return nil, fmt.Errorf("decode agent %s: %w", id, err)
+		}
+		if now.Sub(a.LastSeenAt) > lostAfter {
+			a.State = "lost"
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}

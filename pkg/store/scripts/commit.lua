@@ -1,0 +1,27 @@
+-- commit.lua: write a flow's new state, its outbox and the applied-event
+-- marker in one step, only if nobody else wrote the flow since it was read.
+--
+-- KEYS[1] flow hash        (fields: state = flow JSON, rev = write version)
+-- KEYS[2] applied set      (event ids already applied to this flow)
+-- KEYS[3] outbox list      (effects written, not yet published)
+-- ARGV[1] expected rev     ("0" when the flow did not exist)
+-- ARGV[2] new state JSON
+-- ARGV[3] event id
+-- ARGV[4..n] outbox entries, appended in order
+--
+-- Returns the new rev (>= 1), -1 if the rev moved (a concurrent writer won:
+-- reload and apply again), or -2 if the event was already applied.
+if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 1 then
+  return -2
+end
+local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
+if rev ~= tonumber(ARGV[1]) then
+  return -1
+end
+rev = rev + 1
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rev', rev)
+redis.call('SADD', KEYS[2], ARGV[3])
+for i = 4, #ARGV do
+  redis.call('RPUSH', KEYS[3], ARGV[i])
+end
+return rev
