@@ -146,7 +146,7 @@ type machine struct {
 // flow is unchanged and there are no effects.
 func Apply(f *Flow, ev Event, in Input) (*Flow, []Effect, error) {
 	if in.At.IsZero() {
-		return nil, nil, fmt.Errorf("%w: input has no time", ErrInvalidEvent)
+		return f, nil, fmt.Errorf("%w: input has no time", ErrInvalidEvent)
 	}
 	m := &machine{f: f.Clone(), in: Input{At: in.At.UTC(), Agents: in.Agents}}
 	var err error
