@@ -48,6 +48,9 @@ type Engine struct {
 	log  *slog.Logger
 	m    metrics
 	now  func() time.Time
+	// afterCommitFunc, when set (tests only), runs between the state write
+	// and the outbox publish; an error there stands for a crash.
+	afterCommitFunc func() error
 }
 
 type metrics struct {
@@ -341,6 +344,11 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) error {
 		}
 		if err != nil && !errors.Is(err, store.ErrAlreadyApplied) {
 			return err
+		}
+		if e.afterCommitFunc != nil {
+			if err := e.afterCommitFunc(); err != nil {
+				return err
+			}
 		}
 		break
 	}

@@ -1,0 +1,359 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/shanenoi/otariinae/pkg/config"
+	"github.com/shanenoi/otariinae/pkg/flow"
+	"github.com/shanenoi/otariinae/pkg/store"
+	"github.com/shanenoi/otariinae/pkg/testenv"
+	"github.com/shanenoi/otariinae/pkg/wire"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const confYAML = `
+services:
+  - name: web
+    repository: acme/web
+    git_url: file:///srv/web.git
+    branches: [main]
+    deploy: ./deploy.sh
+    pipeline:
+      - environment: staging
+        targets: {env: staging}
+      - environment: production
+        targets: {env: production}
+webhooks:
+  - name: chat
+    url: http://127.0.0.1:9/hooks
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+    events: ["deployment.*"]
+  - name: audit
+    url: http://127.0.0.1:9/audit
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+    events: ["flow.succeeded"]
+`
+
+type fixture struct {
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	st   *store.Store
+	conf *config.Config
+	log  func() *Engine
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	n := testenv.StartNATS(t)
+	r := testenv.StartRedis(t)
+	conf, err := config.Parse(strings.NewReader(confYAML))
+	require.NoError(t, err)
+	fx := &fixture{nc: n.Conn(t), js: n.JetStream(t), st: store.New(r.Client, r.Prefix), conf: conf}
+	ctx := context.Background()
+	now := time.Now().UTC()
+	for _, a := range []store.AgentRecord{
+		{ID: "s1", Labels: map[string]string{"env": "staging"}, State: "idle", LastSeenAt: now},
+		{ID: "s2", Labels: map[string]string{"env": "staging"}, State: "idle", LastSeenAt: now},
+		{ID: "p1", Labels: map[string]string{"env": "production"}, State: "idle", LastSeenAt: now},
+	} {
+		require.NoError(t, fx.st.PutAgent(ctx, a))
+	}
+	return fx
+}
+
+// newEngine returns an engine that is not running.
+func (fx *fixture) newEngine(t *testing.T) *Engine {
+	t.Helper()
+	e, err := New(Config{AgentLostAfter: time.Hour, AckWait: time.Second}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
+	require.NoError(t, err)
+	return e
+}
+
+// runEngine runs e until the test ends.
+func runEngine(t *testing.T, e *Engine) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+}
+
+func (fx *fixture) publishPush(t *testing.T, delivery, msgID, sha string) {
+	t.Helper()
+	msg := &nats.Msg{Subject: wire.GitHubSubject("push"), Data: testenv.PushPayload("acme/web", "refs/heads/main", sha), Header: nats.Header{}}
+	msg.Header.Set(wire.HeaderGitHubEvent, "push")
+	msg.Header.Set(wire.HeaderDelivery, delivery)
+	msg.Header.Set(wire.HeaderRepository, "acme/web")
+	_, err := fx.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID(msgID))
+	require.NoError(t, err)
+}
+
+func (fx *fixture) report(t *testing.T, flowID, env, agent string, state wire.JobState, code int) {
+	t.Helper()
+	dep := flow.DeploymentID(flowID, env)
+	r := wire.JobReport{JobID: wire.JobID(dep, agent), FlowID: flowID, DeploymentID: dep, AgentID: agent, State: state, At: time.Now()}
+	if state == wire.JobFinished {
+		r.ExitCode = &code
+	}
+	b, err := json.Marshal(r)
+	require.NoError(t, err)
+	_, err = fx.js.Publish(context.Background(), wire.SubjectJobReport, b, jetstream.WithMsgID(r.MsgID()))
+	require.NoError(t, err)
+}
+
+func (fx *fixture) streamMsgs(t *testing.T, stream string) uint64 {
+	t.Helper()
+	s, err := fx.js.Stream(context.Background(), stream)
+	require.NoError(t, err)
+	info, err := s.Info(context.Background())
+	require.NoError(t, err)
+	return info.State.Msgs
+}
+
+func (fx *fixture) waitState(t *testing.T, flowID string, want flow.FlowState, deps ...flow.DeploymentState) *flow.Flow {
+	t.Helper()
+	var f *flow.Flow
+	testenv.Eventually(t, 20*time.Second, fmt.Sprintf("flow %s %s %v", flowID, want, deps), func() bool {
+		got, err := fx.st.GetFlow(context.Background(), flowID)
+		if err != nil {
+			return false
+		}
+		f = got
+		if f.State != want {
+			return false
+		}
+		for i, d := range deps {
+			if f.Deployments[i].State != d {
+				return false
+			}
+		}
+		return true
+	})
+	return f
+}
+
+// waitIdle waits until the engine consumer has acked everything.
+func (fx *fixture) waitIdle(t *testing.T) {
+	t.Helper()
+	testenv.Eventually(t, 20*time.Second, "engine consumer idle", func() bool {
+		c, err := fx.js.Consumer(context.Background(), wire.StreamEvents, "engine")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+}
+
+const sha = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+
+var flowID = flow.FlowID("acme:web", sha, "web")
+
+// fullRun drives one flow to success and returns the JOBS and HOOKS counts.
+func fullRun(t *testing.T, fx *fixture) {
+	t.Helper()
+	fx.publishPush(t, "d-1", "d-1", sha)
+	fx.waitState(t, flowID, flow.FlowInProgress, flow.Created)
+	fx.report(t, flowID, "staging", "s1", wire.JobStarted, 0)
+	fx.report(t, flowID, "staging", "s1", wire.JobFinished, 0)
+	fx.report(t, flowID, "staging", "s2", wire.JobFinished, 0)
+	fx.waitState(t, flowID, flow.FlowInProgress, flow.Succeeded, flow.Created)
+	fx.report(t, flowID, "production", "p1", wire.JobStarted, 0)
+	fx.report(t, flowID, "production", "p1", wire.JobFinished, 0)
+	fx.waitState(t, flowID, flow.FlowSucceeded, flow.Succeeded, flow.Succeeded)
+	fx.waitIdle(t)
+}
+
+// Three jobs (s1, s2, p1); hooks: chat gets 4 deployment.* per environment
+// (created, started, completed, succeeded) = 8, audit gets flow.succeeded = 1.
+const wantJobs, wantHooks = 3, 9
+
+func TestEngineRunsAFlow(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	runEngine(t, fx.newEngine(t))
+	fullRun(t, fx)
+	require.EqualValues(t, wantJobs, fx.streamMsgs(t, wire.StreamJobs))
+	require.EqualValues(t, wantHooks, fx.streamMsgs(t, wire.StreamHooks))
+
+	// The jobs carry what the agent needs.
+	s, err := fx.js.Stream(context.Background(), wire.StreamJobs)
+	require.NoError(t, err)
+	raw, err := s.GetLastMsgForSubject(context.Background(), wire.JobSubject("p1"))
+	require.NoError(t, err)
+	var job wire.Job
+	require.NoError(t, json.Unmarshal(raw.Data, &job))
+	require.Equal(t, wire.Job{
+		ID: wire.JobID(flow.DeploymentID(flowID, "production"), "p1"), Kind: wire.JobDeploy, FlowID: flowID,
+		DeploymentID: flow.DeploymentID(flowID, "production"), AgentID: "p1", Service: "web", Environment: "production",
+		Org: "acme", Repo: "web", GitURL: "file:///srv/web.git", Commit: sha, Ref: "refs/heads/main",
+		Command: "./deploy.sh", Timeout: 30 * time.Minute, CreatedAt: job.CreatedAt,
+	}, job)
+
+	f, err := fx.st.GetFlow(context.Background(), flowID)
+	require.NoError(t, err)
+	page, err := fx.st.RepoFlows(context.Background(), "ACME/Web", "", 10)
+	require.NoError(t, err)
+	require.Len(t, page.Flows, 1)
+	require.Equal(t, f.ID, page.Flows[0].ID)
+}
+
+func TestEngineRedeliveredEventsChangeNothing(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	runEngine(t, fx.newEngine(t))
+	fullRun(t, fx)
+	before, err := fx.st.GetFlow(context.Background(), flowID)
+	require.NoError(t, err)
+
+	// The same GitHub delivery long after the JetStream duplicate window
+	// (a new message id), and every job report again.
+	fx.publishPush(t, "d-1", "d-1-again", sha)
+	// A different delivery of the same commit: the same flow, nothing new.
+	fx.publishPush(t, "d-2", "d-2", sha)
+	for _, r := range []struct{ env, agent string }{{"staging", "s1"}, {"staging", "s2"}, {"production", "p1"}} {
+		dep := flow.DeploymentID(flowID, r.env)
+		rep := wire.JobReport{JobID: wire.JobID(dep, r.agent), FlowID: flowID, DeploymentID: dep, AgentID: r.agent, State: wire.JobFinished, ExitCode: new(int)}
+		b, _ := json.Marshal(rep)
+		_, err := fx.js.Publish(context.Background(), wire.SubjectJobReport, b, jetstream.WithMsgID(rep.MsgID()+"-again"))
+		require.NoError(t, err)
+	}
+	fx.waitIdle(t)
+	after, err := fx.st.GetFlow(context.Background(), flowID)
+	require.NoError(t, err)
+	require.Equal(t, before, after)
+	require.EqualValues(t, wantJobs, fx.streamMsgs(t, wire.StreamJobs))
+	require.EqualValues(t, wantHooks, fx.streamMsgs(t, wire.StreamHooks))
+}
+
+func TestEngineCrashBetweenCommitAndPublish(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	e := fx.newEngine(t)
+	var crashes atomic.Int32
+	// Every state write "crashes" once before its outbox is published: the
+	// event is redelivered, recognised as applied, and only its outbox goes out.
+	var mu sync.Mutex
+	seen := map[int64]bool{}
+	var n int64
+	e.afterCommitFunc = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		if !seen[n] {
+			seen[n] = true
+			crashes.Add(1)
+			return errors.New("simulated crash after commit")
+		}
+		return nil
+	}
+	runEngine(t, e)
+	fullRun(t, fx)
+	require.Positive(t, crashes.Load())
+	require.EqualValues(t, wantJobs, fx.streamMsgs(t, wire.StreamJobs))
+	require.EqualValues(t, wantHooks, fx.streamMsgs(t, wire.StreamHooks))
+	out, err := fx.st.Outbox(context.Background(), flowID)
+	require.NoError(t, err)
+	require.Empty(t, out, "outbox drained")
+}
+
+func TestEngineRestartResumes(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	e1 := fx.newEngine(t)
+	done := make(chan error, 1)
+	go func() { done <- e1.Run(ctx) }()
+	fx.publishPush(t, "d-1", "d-1", sha)
+	fx.waitState(t, flowID, flow.FlowInProgress, flow.Created)
+	cancel()
+	require.NoError(t, <-done)
+
+	// Reports arrive while no engine runs; a new one picks them up.
+	fx.report(t, flowID, "staging", "s1", wire.JobFinished, 0)
+	fx.report(t, flowID, "staging", "s2", wire.JobFinished, 0)
+	runEngine(t, fx.newEngine(t))
+	fx.waitState(t, flowID, flow.FlowInProgress, flow.Succeeded, flow.Created)
+	fx.report(t, flowID, "production", "p1", wire.JobFinished, 0)
+	fx.waitState(t, flowID, flow.FlowSucceeded, flow.Succeeded, flow.Succeeded)
+	fx.waitIdle(t)
+	require.EqualValues(t, wantJobs, fx.streamMsgs(t, wire.StreamJobs))
+	require.EqualValues(t, wantHooks, fx.streamMsgs(t, wire.StreamHooks))
+}
+
+func TestEngineRejectsBadEvents(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	runEngine(t, fx.newEngine(t))
+	// A report for a flow that does not exist, one whose deployment does
+	// not belong to its flow, and garbage: all terminated, nothing written.
+	fx.report(t, flowID, "staging", "s1", wire.JobStarted, 0)
+	_, err := fx.js.Publish(context.Background(), wire.SubjectJobReport, []byte(`{"job_id": 1`))
+	require.NoError(t, err)
+	b, _ := json.Marshal(wire.JobReport{JobID: "x", FlowID: "fother", DeploymentID: flow.DeploymentID(flowID, "staging"), State: wire.JobStarted})
+	_, err = fx.js.Publish(context.Background(), wire.SubjectJobReport, b)
+	require.NoError(t, err)
+	fx.waitIdle(t)
+	_, err = fx.st.GetFlow(context.Background(), flowID)
+	require.ErrorIs(t, err, store.ErrNotFound)
+	require.Zero(t, fx.streamMsgs(t, wire.StreamJobs))
+	require.Zero(t, fx.streamMsgs(t, wire.StreamHooks))
+}
+
+func TestEngineRecordsHeartbeats(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	runEngine(t, fx.newEngine(t))
+	hb, _ := json.Marshal(wire.Heartbeat{ID: "h1", Hostname: "host", Labels: map[string]string{"env": "qa"}, State: "idle"})
+	// The engine subscribes once its consumer exists; keep announcing
+	// until it has heard one (bounded by Eventually).
+	testenv.Eventually(t, 20*time.Second, "heartbeat recorded", func() bool {
+		require.NoError(t, fx.nc.Publish(wire.HeartbeatSubject("h1"), hb))
+		agents, err := fx.st.Agents(context.Background(), time.Now(), time.Minute)
+		require.NoError(t, err)
+		for _, a := range agents {
+			if a.ID == "h1" {
+				return a.Labels["env"] == "qa" && a.Hostname == "host"
+			}
+		}
+		return false
+	})
+	// A heartbeat whose id does not match its subject is ignored. One
+	// subscriber handles heartbeats in order, so once the good one sent
+	// after it is recorded, the bad one has been handled too.
+	bad, _ := json.Marshal(wire.Heartbeat{ID: "h2"})
+	require.NoError(t, fx.nc.Publish(wire.HeartbeatSubject("h3"), bad))
+	good, _ := json.Marshal(wire.Heartbeat{ID: "h4"})
+	require.NoError(t, fx.nc.Publish(wire.HeartbeatSubject("h4"), good))
+	var ids []string
+	testenv.Eventually(t, 20*time.Second, "heartbeat h4 recorded", func() bool {
+		agents, err := fx.st.Agents(context.Background(), time.Now(), time.Minute)
+		require.NoError(t, err)
+		ids = ids[:0]
+		for _, a := range agents {
+			ids = append(ids, a.ID)
+		}
+		return slices.Contains(ids, "h4")
+	})
+	require.NotContains(t, ids, "h2")
+	require.NotContains(t, ids, "h3")
+}
