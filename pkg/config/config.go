@@ -17,6 +17,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -178,6 +179,8 @@ var (
 	repoRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$`)
 	labelRE   = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,63}$`)
 	envVarRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	sha256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	orgRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,38}$`)
 	artRE     = regexp.MustCompile(`^[A-Za-z0-9._-]+:[A-Za-z0-9._/-]+$`)
 	eventRE   = regexp.MustCompile(`^(\*|[a-z]+\.(\*|[a-z]+))$`)
 	hookNames = []string{
@@ -215,6 +218,14 @@ func (c *Config) defaults() error {
 			if e.Timeout == 0 {
 				e.Timeout = Duration(DefaultDeployTimeout)
 			}
+		}
+	}
+	if g := c.GitHub; g != nil {
+		if g.APIURL == "" {
+			g.APIURL = "https://api.github.com"
+		}
+		if g.RepairInterval == 0 {
+			g.RepairInterval = Duration(5 * time.Minute)
 		}
 	}
 	for i := range c.Webhooks {
@@ -273,12 +284,6 @@ func (c *Config) Validate() error {
 			if b == "" || strings.HasPrefix(b, "-") || strings.HasPrefix(b, "refs/") {
 				return ferr(fmt.Sprintf("%s.branches[%d]", p, j), "%q must be a branch name such as main", b)
 			}
-		}
-		if s.Tags {
-			return ferr(p+".tags", "tag pushes are not supported in this version")
-		}
-		if s.PullRequests {
-			return ferr(p+".pull_requests", "pull request flows are not supported in this version")
 		}
 		for j, a := range s.Artifacts {
 			if !artRE.MatchString(a) {
@@ -389,11 +394,54 @@ func (c *Config) Validate() error {
 			return ferr(p+".max_in_flight", "must be positive")
 		}
 	}
-	if len(c.Tokens) > 0 {
-		return ferr("tokens", "API tokens are not supported in this version")
+	tokens := map[string]bool{}
+	for i, tk := range c.Tokens {
+		p := fmt.Sprintf("tokens[%d]", i)
+		if !nameRE.MatchString(tk.Name) {
+			return ferr(p+".name", "%q must match [a-z0-9][a-z0-9-]*", tk.Name)
+		}
+		if tokens[tk.Name] {
+			return ferr(p+".name", "duplicate token %q", tk.Name)
+		}
+		tokens[tk.Name] = true
+		if !sha256RE.MatchString(tk.SHA256) {
+			return ferr(p+".sha256", "must be the 64 hex digits of the token's SHA-256 (printf %%s TOKEN | sha256sum)")
+		}
+		if len(tk.Scopes) == 0 {
+			return ferr(p+".scopes", "list at least one of read, write, admin")
+		}
+		for j, sc := range tk.Scopes {
+			if sc != "read" && sc != "write" && sc != "admin" {
+				return ferr(fmt.Sprintf("%s.scopes[%d]", p, j), "%q must be read, write or admin", sc)
+			}
+		}
 	}
-	if c.GitHub != nil {
-		return ferr("github", "delivery-gap repair is not supported in this version")
+	if g := c.GitHub; g != nil {
+		if !strings.HasPrefix(g.APIURL, "https://") && !strings.HasPrefix(g.APIURL, "http://") {
+			return ferr("github.api_url", "%q must be an http(s) URL", g.APIURL)
+		}
+		if g.Token == "" {
+			return ferr("github.token", "a token that may read and redeliver the hooks' deliveries is required")
+		}
+		if g.RepairInterval < Duration(time.Minute) {
+			return ferr("github.repair_interval", "must be at least 1m")
+		}
+		if len(g.Hooks) == 0 {
+			return ferr("github.hooks", "list the hooks to repair: {repository: org/repo, hook_id: N} or {organization: org, hook_id: N}")
+		}
+		for i, h := range g.Hooks {
+			p := fmt.Sprintf("github.hooks[%d]", i)
+			switch {
+			case (h.Repository == "") == (h.Organization == ""):
+				return ferr(p, "set exactly one of repository and organization")
+			case h.Repository != "" && !repoRE.MatchString(h.Repository):
+				return ferr(p+".repository", "%q must be a GitHub org/repo", h.Repository)
+			case h.Organization != "" && !orgRE.MatchString(h.Organization):
+				return ferr(p+".organization", "%q is not a GitHub organization name", h.Organization)
+			case h.HookID <= 0:
+				return ferr(p+".hook_id", "must be the hook's positive id")
+			}
+		}
 	}
 	return nil
 }
@@ -534,3 +582,53 @@ func NewSecret() string {
 	_, _ = rand.Read(b)
 	return "whsec_" + base64.StdEncoding.EncodeToString(b)
 }
+
+// Live holds the configuration in force and reloads it from its file. The
+// services read it through Get on every use, so a reload takes effect for
+// the next event or request; a flow in progress keeps the spec frozen into
+// it when it was created.
+type Live struct {
+	path string
+	cur  atomic.Pointer[Config]
+}
+
+// NewLive loads path and returns a Live holding it.
+func NewLive(path string) (*Live, error) {
+	c, err := Load(path)
+	if err != nil {
+		return nil, err
+	}
+	l := &Live{path: path}
+	l.cur.Store(c)
+	return l, nil
+}
+
+// Static returns a Live that holds c and cannot reload (tests, tools).
+func Static(c *Config) *Live {
+	l := &Live{}
+	l.cur.Store(c)
+	return l
+}
+
+// Get returns the configuration in force.
+func (l *Live) Get() *Config { return l.cur.Load() }
+
+// ErrNoFile means the configuration was not loaded from a file.
+var ErrNoFile = errors.New("configuration has no file to reload from")
+
+// Reload reads the file again. An invalid file leaves the configuration in
+// force unchanged and returns the error.
+func (l *Live) Reload() (*Config, error) {
+	if l.path == "" {
+		return nil, ErrNoFile
+	}
+	c, err := Load(l.path)
+	if err != nil {
+		return nil, err
+	}
+	l.cur.Store(c)
+	return c, nil
+}
+
+// Path is the file the configuration is loaded from ("" for Static).
+func (l *Live) Path() string { return l.path }

@@ -30,3 +30,51 @@ func (k Keys) Agents() string { return k.Prefix + "agents" }
 
 // WebhookSecret holds the generated secret of a webhook that has none in config.
 func (k Keys) WebhookSecret(name string) string { return k.Prefix + "webhook:" + name + ":secret" }
+
+// Delivery marks a GitHub delivery id as published (string, 7-day TTL), so
+// a redelivery after the JetStream duplicate window is still recognised.
+func (k Keys) Delivery(id string) string { return k.Prefix + "delivery:" + id }
+
+// Idempotency maps an API Idempotency-Key to the answer it got (string, TTL).
+func (k Keys) Idempotency(scope, key string) string {
+	return k.Prefix + "idempotency:" + scope + ":" + key
+}
+
+// Audit is a stream of every write through the API: who, what, when.
+func (k Keys) Audit() string { return k.Prefix + "audit" }
+
+// Timers is a sorted set of pending timers ("<flow id>|<timer key>") scored
+// by due time (ms).
+func (k Keys) Timers() string { return k.Prefix + "timers" }
+
+// EnvSlot holds the deployment id now deploying to (service, environment).
+func (k Keys) EnvSlot(service, env string) string {
+	return k.Prefix + "env:{" + service + ":" + env + "}:slot"
+}
+
+// EnvQueue is the list of deployment ids waiting for (service, environment).
+func (k Keys) EnvQueue(service, env string) string {
+	return k.Prefix + "env:{" + service + ":" + env + "}:queue"
+}
+
+// ServiceActive is a sorted set of a service's in-progress flow ids scored
+// by creation time (ms): supersede looks here for older flows.
+func (k Keys) ServiceActive(service string) string {
+	return k.Prefix + "service:{" + service + "}:active"
+}
+
+// ServiceFlows is a sorted set of every flow id of a service by creation time (ms).
+func (k Keys) ServiceFlows(service string) string {
+	return k.Prefix + "service:{" + service + "}:flows"
+}
+
+// LastSucceeded is a hash of environment -> JSON of the last version that
+// succeeded there (rollback target).
+func (k Keys) LastSucceeded(service string) string {
+	return k.Prefix + "service:{" + service + "}:last_succeeded"
+}
+
+// ArtifactVersions is a sorted set of an artifact's versions by first-seen time (ms).
+func (k Keys) ArtifactVersions(artifact string) string {
+	return k.Prefix + "artifact:{" + artifact + "}:versions"
+}

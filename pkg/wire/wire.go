@@ -37,6 +37,15 @@ const (
 	SubjectGitHubPrefix = "otariinae.events.github."
 	// SubjectJobReport carries JobReport bodies from agents.
 	SubjectJobReport = "otariinae.events.job"
+	// SubjectArtifact carries ArtifactCreated bodies (CI through the API).
+	SubjectArtifact = "otariinae.events.artifact"
+	// SubjectTrigger carries Trigger bodies: people and systems acting on
+	// flows through the API (approve, reject, promotion results, cancel,
+	// redeploy).
+	SubjectTrigger = "otariinae.events.trigger"
+	// SubjectInternal carries Internal bodies the engine sends itself
+	// (timers that fired, environment slots granted, supersede, rollback).
+	SubjectInternal = "otariinae.events.internal"
 
 	SubjectHeartbeatAll = "otariinae.agents.heartbeat.*"
 	// QueueEngine is the queue group engines use for heartbeats.
@@ -141,6 +150,45 @@ type JobReport struct {
 
 // MsgID is the JetStream de-duplication id of a report.
 func (r JobReport) MsgID() string { return "job." + r.JobID + "." + string(r.State) }
+
+// ArtifactCreated is an artifact version built by CI, posted through
+// POST /api/v1/artifacts. EventID is the idempotency key.
+type ArtifactCreated struct {
+	EventID  string            `json:"event_id"`
+	Artifact string            `json:"artifact"` // group:name
+	Version  string            `json:"version"`
+	Commit   string            `json:"commit"`
+	Ref      string            `json:"ref,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	By       string            `json:"by,omitempty"`
+	At       time.Time         `json:"at"`
+}
+
+// TriggerKind names what a trigger asks for.
+type TriggerKind string
+
+// Trigger kinds.
+const (
+	TriggerPromotionResult TriggerKind = "promotion_result" // external promotion: Result passed|failed
+	TriggerApprove         TriggerKind = "approve"          // manual promotion
+	TriggerReject          TriggerKind = "reject"           // manual promotion
+	TriggerCancel          TriggerKind = "cancel"           // a flow
+	TriggerRedeploy        TriggerKind = "redeploy"         // a flow's artifact version again, as a new flow
+)
+
+// Trigger is an action on a flow from the API. EventID is unique per
+// request (the API's idempotency key or a fresh id).
+type Trigger struct {
+	EventID      string      `json:"event_id"`
+	Kind         TriggerKind `json:"kind"`
+	FlowID       string      `json:"flow_id"`
+	DeploymentID string      `json:"deployment_id,omitempty"`
+	Promotion    string      `json:"promotion,omitempty"`
+	Result       string      `json:"result,omitempty"` // passed | failed
+	Reason       string      `json:"reason,omitempty"`
+	By           string      `json:"by,omitempty"` // the API token's name
+	At           time.Time   `json:"at"`
+}
 
 // Heartbeat is an agent's periodic announcement of itself.
 type Heartbeat struct {

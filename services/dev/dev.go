@@ -80,7 +80,7 @@ type Addrs struct {
 // Run starts everything and blocks until ctx ends, then stops it all in
 // reverse order: services first, then NATS and Redis.
 func Run(ctx context.Context, cfg Config, opts Options, log *slog.Logger) error {
-	conf, err := config.Load(cfg.ConfigFile)
+	conf, err := config.NewLive(cfg.ConfigFile)
 	if err != nil {
 		return err
 	}
@@ -189,7 +189,7 @@ func Run(ctx context.Context, cfg Config, opts Options, log *slog.Logger) error 
 		}
 		fmt.Fprintf(opts.Out, "otariinae dev %s\n  http    %s\n  nats    %s (JetStream store %s)\n  redis   %s\n  agent   %s (workdir %s)\n  config  %s (%d services, %d webhooks)\nCtrl-C stops.\n",
 			opts.Version, addrs.HTTP, addrs.NATS, filepath.Join(cfg.DataDir, "nats"), redis,
-			cfg.AgentConfig.ID, cfg.AgentConfig.Workdir, cfg.ConfigFile, len(conf.Services), len(conf.Webhooks))
+			cfg.AgentConfig.ID, cfg.AgentConfig.Workdir, cfg.ConfigFile, len(conf.Get().Services), len(conf.Get().Webhooks))
 	}
 	if opts.Ready != nil {
 		opts.Ready(addrs)

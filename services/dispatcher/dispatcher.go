@@ -83,12 +83,16 @@ const (
 
 // Dispatcher delivers hook requests. Create it with New and call Run once.
 type Dispatcher struct {
-	nc        *nats.Conn
-	secrets   SecretFunc
-	log       *slog.Logger
-	client    *http.Client
-	endpoints map[string]*endpoint
-	m         metrics
+	nc      *nats.Conn
+	secrets SecretFunc
+	log     *slog.Logger
+	client  *http.Client
+	conf    *config.Live
+	m       metrics
+
+	mu        sync.Mutex
+	built     *config.Config       // the config endpoints were built from
+	endpoints map[string]*endpoint // guarded by mu
 }
 
 // endpoint is one configured webhook and its concurrency limit.
@@ -128,7 +132,7 @@ func newMetrics() metrics {
 // New builds a dispatcher for the webhooks in conf, publishing its metrics
 // on reg (nil: not registered). secrets may be nil only if every webhook has
 // a secret in conf.
-func New(cfg Config, nc *nats.Conn, conf *config.Config, secrets SecretFunc, log *slog.Logger, reg prometheus.Registerer) (*Dispatcher, error) {
+func New(cfg Config, nc *nats.Conn, conf *config.Live, secrets SecretFunc, log *slog.Logger, reg prometheus.Registerer) (*Dispatcher, error) {
 	if nc == nil {
 		return nil, errors.New("dispatcher: no NATS connection")
 	}
@@ -143,35 +147,15 @@ func New(cfg Config, nc *nats.Conn, conf *config.Config, secrets SecretFunc, log
 		return nil, fmt.Errorf("OTARIINAE_HOOKS_ALLOW_NETWORKS: %w", err)
 	}
 	d := &Dispatcher{
-		nc:        nc,
-		secrets:   secrets,
-		log:       log,
-		client:    hook.NewClient(allow),
-		endpoints: make(map[string]*endpoint, len(conf.Webhooks)),
-		m:         newMetrics(),
+		nc:      nc,
+		secrets: secrets,
+		log:     log,
+		client:  hook.NewClient(allow),
+		conf:    conf,
+		m:       newMetrics(),
 	}
-	for _, w := range conf.Webhooks {
-		if w.Secret == "" && secrets == nil {
-			return nil, fmt.Errorf("webhook %s has no secret and no secret store was given", w.Name)
-		}
-		n := w.MaxInFlight
-		if n <= 0 {
-			n = config.DefaultMaxInFlight
-		}
-		timeout := w.Timeout.D()
-		if timeout <= 0 {
-			timeout = config.DefaultWebhookTimeout
-		}
-		d.endpoints[w.Name] = &endpoint{
-			name: w.Name, url: w.URL, secret: w.Secret, headers: w.Headers,
-			timeout: timeout, sem: make(chan struct{}, n),
-		}
-		// Start every configured webhook's series at zero so rates and
-		// absent() alerts work before the first delivery.
-		for _, r := range []string{resultDelivered, resultFailed, resultDropped} {
-			d.m.deliveries.WithLabelValues(w.Name, r)
-		}
-		d.m.inFlight.WithLabelValues(w.Name)
+	if err := d.rebuild(conf.Get()); err != nil {
+		return nil, err
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{d.m.deliveries, d.m.duration, d.m.inFlight} {
@@ -239,7 +223,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume %s/%s: %w", wire.StreamHooks, bus.ConsumerDispatcher, err)
 	}
-	d.log.InfoContext(ctx, "dispatcher consuming", "stream", wire.StreamHooks, "consumer", bus.ConsumerDispatcher, "webhooks", len(d.endpoints))
+	d.log.InfoContext(ctx, "dispatcher consuming", "stream", wire.StreamHooks, "consumer", bus.ConsumerDispatcher, "webhooks", len(d.conf.Get().Webhooks))
 
 	<-ctx.Done()
 	// Messages buffered but not yet handed to the callback are dropped by
@@ -286,7 +270,10 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		d.drop(ctx, msg, labelInvalid, "malformed hook request", slog.String("subject", msg.Subject()), slog.Any("err", err))
 		return
 	}
-	ep := d.endpoints[req.Webhook]
+	ep, err := d.endpoint(req.Webhook)
+	if err != nil {
+		d.log.ErrorContext(ctx, "webhook config", "err", err)
+	}
 	if ep == nil {
 		d.drop(ctx, msg, labelUnknown, "hook request for a webhook not in the config",
 			slog.String("webhook", req.Webhook), slog.String("hook_id", req.ID))
@@ -430,4 +417,58 @@ func keepAlive(msg jetstream.Msg, interval time.Duration) (stop func()) {
 		close(done)
 		<-exited
 	}
+}
+
+// rebuild makes the endpoints of c, keeping the concurrency slots of
+// webhooks whose limit did not change, so deliveries in progress still
+// count against the limit after a reload.
+func (d *Dispatcher) rebuild(c *config.Config) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	eps := make(map[string]*endpoint, len(c.Webhooks))
+	for _, w := range c.Webhooks {
+		if w.Secret == "" && d.secrets == nil {
+			return fmt.Errorf("webhook %s has no secret and no secret store was given", w.Name)
+		}
+		n := w.MaxInFlight
+		if n <= 0 {
+			n = config.DefaultMaxInFlight
+		}
+		timeout := w.Timeout.D()
+		if timeout <= 0 {
+			timeout = config.DefaultWebhookTimeout
+		}
+		sem := make(chan struct{}, n)
+		if old := d.endpoints[w.Name]; old != nil && cap(old.sem) == n {
+			sem = old.sem
+		}
+		eps[w.Name] = &endpoint{
+			name: w.Name, url: w.URL, secret: w.Secret, headers: w.Headers,
+			timeout: timeout, sem: sem,
+		}
+		// Start every configured webhook's series at zero so rates and
+		// absent() alerts work before the first delivery.
+		for _, r := range []string{resultDelivered, resultFailed, resultDropped} {
+			d.m.deliveries.WithLabelValues(w.Name, r)
+		}
+		d.m.inFlight.WithLabelValues(w.Name)
+	}
+	d.endpoints, d.built = eps, c
+	return nil
+}
+
+// endpoint returns the endpoint of a webhook in the configuration in
+// force, rebuilding the set after a reload.
+func (d *Dispatcher) endpoint(name string) (*endpoint, error) {
+	c := d.conf.Get()
+	d.mu.Lock()
+	stale := d.built != c
+	d.mu.Unlock()
+	var err error
+	if stale {
+		err = d.rebuild(c)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.endpoints[name], err
 }

@@ -179,7 +179,7 @@ func setup(t *testing.T, cfg dispatcher.Config, conf *config.Config, secrets dis
 	require.NoError(t, conf.Validate())
 	n := testenv.StartNATS(t)
 	f := &fixture{js: n.JetStream(t), reg: prometheus.NewRegistry(), logs: newLogRecorder(t), done: make(chan error, 1)}
-	d, err := dispatcher.New(cfg, n.Conn(t), conf, secrets, slog.New(f.logs), f.reg)
+	d, err := dispatcher.New(cfg, n.Conn(t), config.Static(conf), secrets, slog.New(f.logs), f.reg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { f.done <- d.Run(ctx) }()
@@ -509,9 +509,9 @@ func TestNewRejectsBadInput(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
 	nc := n.Conn(t)
-	good := &config.Config{Webhooks: []config.Webhook{webhook("a", "http://127.0.0.1:1/", "")}}
+	good := config.Static(&config.Config{Webhooks: []config.Webhook{webhook("a", "http://127.0.0.1:1/", "")}})
 
-	_, err := dispatcher.New(dispatcher.Config{HooksAllowNetworks: "127.0.0.0/8,nope"}, nc, &config.Config{}, nil, nil, nil)
+	_, err := dispatcher.New(dispatcher.Config{HooksAllowNetworks: "127.0.0.0/8,nope"}, nc, config.Static(&config.Config{}), nil, nil, nil)
 	require.ErrorContains(t, err, "OTARIINAE_HOOKS_ALLOW_NETWORKS")
 	require.ErrorContains(t, err, `"nope"`)
 

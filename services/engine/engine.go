@@ -44,7 +44,7 @@ type Engine struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	st   *store.Store
-	conf *config.Config
+	conf *config.Live
 	log  *slog.Logger
 	m    metrics
 	now  func() time.Time
@@ -62,7 +62,7 @@ type metrics struct {
 }
 
 // New returns an engine. It registers its metrics on reg.
-func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Engine, error) {
+func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slog.Logger, reg prometheus.Registerer) (*Engine, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -265,7 +265,7 @@ func (e *Engine) decodeGitHub(msg jetstream.Msg) ([]target, error) {
 	}
 	artifact := config.ArtifactOf(repo)
 	var out []target
-	for _, svc := range e.conf.ServicesForArtifact(artifact) {
+	for _, svc := range e.conf.Get().ServicesForArtifact(artifact) {
 		if !svc.TracksBranch(branch) {
 			continue
 		}
@@ -470,7 +470,7 @@ func (e *Engine) render(f *flow.Flow, effects []flow.Effect, eventID string, at 
 			if err != nil {
 				return nil, fmt.Errorf("encode hook body: %w", err)
 			}
-			for _, wh := range e.conf.Webhooks {
+			for _, wh := range e.conf.Get().Webhooks {
 				if !wh.Wants(ef.Hook, f.Service) {
 					continue
 				}

@@ -54,7 +54,7 @@ type fixture struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	st   *store.Store
-	conf *config.Config
+	conf *config.Live
 	log  func() *Engine
 }
 
@@ -64,7 +64,7 @@ func setup(t *testing.T) *fixture {
 	r := testenv.StartRedis(t)
 	conf, err := config.Parse(strings.NewReader(confYAML))
 	require.NoError(t, err)
-	fx := &fixture{nc: n.Conn(t), js: n.JetStream(t), st: store.New(r.Client, r.Prefix), conf: conf}
+	fx := &fixture{nc: n.Conn(t), js: n.JetStream(t), st: store.New(r.Client, r.Prefix), conf: config.Static(conf)}
 	ctx := context.Background()
 	now := time.Now().UTC()
 	for _, a := range []store.AgentRecord{

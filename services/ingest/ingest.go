@@ -34,6 +34,7 @@ const MaxBody = 25 << 20
 // Config is ingest's environment (prefix OTARIINAE_).
 type Config struct {
 	GitHubWebhookSecret string `envconfig:"GITHUB_WEBHOOK_SECRET" desc:"secret of GitHub webhooks (a service's secret: overrides it); empty accepts unsigned deliveries"`
+	APIToken            string `envconfig:"API_TOKEN" desc:"one more API token, with scope admin"`
 }
 
 // Ingest serves the HTTP API.
@@ -41,7 +42,7 @@ type Ingest struct {
 	cfg  Config
 	js   jetstream.JetStream
 	st   *store.Store
-	conf *config.Config
+	conf *config.Live
 	log  *slog.Logger
 	m    metrics
 }
@@ -52,7 +53,7 @@ type metrics struct {
 }
 
 // New returns the ingest service.
-func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Ingest, error) {
+func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slog.Logger, reg prometheus.Registerer) (*Ingest, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -84,6 +85,7 @@ func (in *Ingest) Mount(r chi.Router) {
 	r.Get("/{org}/{repo}/deployments", in.listDeployments)
 	r.Get("/{org}/{repo}/deployments/{commit}", in.commitDeployments)
 	r.Get("/{org}/{repo}/deployments/{commit}/log", in.commitLog)
+	in.mountAPI(r)
 }
 
 func (in *Ingest) github(w http.ResponseWriter, r *http.Request) {
@@ -99,7 +101,7 @@ func (in *Ingest) github(w http.ResponseWriter, r *http.Request) {
 		in.reject(w, typ, api.CodeBadRequest, "could not read the body")
 		return
 	}
-	services := in.conf.ServicesForRepository(repo)
+	services := in.conf.Get().ServicesForRepository(repo)
 	secret := in.cfg.GitHubWebhookSecret
 	for _, s := range services {
 		if s.Secret != "" {

@@ -47,7 +47,7 @@ const (
 
 func (in *Ingest) repo(w http.ResponseWriter, r *http.Request) (string, bool) {
 	repo := chi.URLParam(r, "org") + "/" + chi.URLParam(r, "repo")
-	if len(in.conf.ServicesForRepository(repo)) == 0 {
+	if len(in.conf.Get().ServicesForRepository(repo)) == 0 {
 		api.Error(w, api.CodeRepositoryUnknown, "no service deploys "+repo)
 		return "", false
 	}

@@ -81,7 +81,7 @@ type agentSpec struct {
 type deps struct {
 	nc     *nats.Conn
 	st     *store.Store
-	conf   *config.Config
+	conf   *config.Live
 	reg    *prometheus.Registry
 	health *telemetry.Health
 }
@@ -98,7 +98,7 @@ func (d *deps) close() {
 func connect(name string, n NATS, r *Redis, f *File, log *slog.Logger) (*deps, error) {
 	d := &deps{reg: telemetry.NewRegistry(), health: &telemetry.Health{}}
 	if f != nil {
-		conf, err := config.Load(f.ConfigFile)
+		conf, err := config.NewLive(f.ConfigFile)
 		if err != nil {
 			return nil, err
 		}
