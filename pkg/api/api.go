@@ -27,6 +27,9 @@ const (
 	CodeInternal           Code = "internal"
 	CodeRepositoryUnknown  Code = "repository_not_configured"
 	CodeDeploymentNotFound Code = "deployment_not_found"
+	// API (/api/v1) codes.
+	CodeIdempotencyMismatch Code = "idempotency_key_reused"
+	CodeInvalidConfig       Code = "invalid_config"
 )
 
 var statuses = map[Code]int{
@@ -43,6 +46,10 @@ var statuses = map[Code]int{
 	CodeInternal:           http.StatusInternalServerError,
 	CodeRepositoryUnknown:  http.StatusNotFound,
 	CodeDeploymentNotFound: http.StatusNotFound,
+	// The same Idempotency-Key was sent before with a different request.
+	CodeIdempotencyMismatch: http.StatusUnprocessableEntity,
+	// POST /api/v1/config/reload found the file invalid; the old one stays.
+	CodeInvalidConfig: http.StatusBadRequest,
 }
 
 // Status returns the HTTP status of code.
@@ -77,6 +84,21 @@ func Error(w http.ResponseWriter, c Code, message string) {
 		w.Header().Set("Retry-After", "5")
 	}
 	JSON(w, Status(c), b)
+}
+
+// ErrorWith writes the error body with extra fields beside code and
+// message, e.g. {"error": {"code": "conflict", "message": "...", "state":
+// "succeeded"}}. Extra keys never replace code or message.
+func ErrorWith(w http.ResponseWriter, c Code, message string, extra map[string]any) {
+	e := make(map[string]any, len(extra)+2)
+	for k, v := range extra {
+		e[k] = v
+	}
+	e["code"], e["message"] = c, message
+	if c == CodeUnavailable && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", "5")
+	}
+	JSON(w, Status(c), map[string]any{"error": e})
 }
 
 // JSON writes v as JSON with status.

@@ -33,7 +33,14 @@ var agents = []Agent{
 
 func in(sec int) Input { return Input{At: t0.Add(time.Duration(sec) * time.Second), Agents: agents} }
 
-// run applies events in order, failing the test on an error.
+func js(dep, agent string) JobStarted { return JobStarted{DeploymentID: dep, AgentID: agent} }
+
+func jf(dep, agent string, code int, reason string) JobFinished {
+	return JobFinished{DeploymentID: dep, AgentID: agent, ExitCode: code, Reason: reason}
+}
+
+// run applies events in order, failing the test on an error. Like an
+// engine whose environments are all free, it grants every slot requested.
 func run(t *testing.T, f *Flow, evs ...Event) (*Flow, []Effect) {
 	t.Helper()
 	var all []Effect
@@ -43,6 +50,13 @@ func run(t *testing.T, f *Flow, evs ...Event) (*Flow, []Effect) {
 		f, effs, err = Apply(f, ev, in(i+1))
 		require.NoError(t, err, "event %d %#v", i, ev)
 		all = append(all, effs...)
+		for _, e := range effs {
+			if e.Kind == EffectRequestSlot {
+				var more []Effect
+				f, more = run(t, f, SlotGranted{DeploymentID: e.DeploymentID})
+				all = append(all, more...)
+			}
+		}
 	}
 	return f, all
 }
@@ -104,29 +118,29 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name:      "first job started starts the deployment and the flow",
-			events:    []Event{c, JobStarted{stg, "s1"}},
+			events:    []Event{c, js(stg, "s1")},
 			flowState: FlowInProgress, deploys: []DeploymentState{Started, NotStarted},
 			wantHooks: []string{"flow.created", "deployment.created", "flow.started", "deployment.started"},
 			wantJobs:  []string{stg + "@s1", stg + "@s2"},
 		},
 		{
 			name:      "one of two jobs finished keeps the deployment started",
-			events:    []Event{c, JobStarted{stg, "s1"}, JobStarted{stg, "s2"}, JobFinished{stg, "s1", 0, ""}},
+			events:    []Event{c, js(stg, "s1"), js(stg, "s2"), jf(stg, "s1", 0, "")},
 			flowState: FlowInProgress, deploys: []DeploymentState{Started, NotStarted},
 			wantHooks: []string{"flow.created", "deployment.created", "flow.started", "deployment.started"},
 			wantJobs:  []string{stg + "@s1", stg + "@s2"},
 		},
 		{
 			name:      "all jobs succeeded: deployment succeeds, next one is created",
-			events:    []Event{c, JobStarted{stg, "s1"}, JobStarted{stg, "s2"}, JobFinished{stg, "s1", 0, ""}, JobFinished{stg, "s2", 0, ""}},
+			events:    []Event{c, js(stg, "s1"), js(stg, "s2"), jf(stg, "s1", 0, ""), jf(stg, "s2", 0, "")},
 			flowState: FlowInProgress, deploys: []DeploymentState{Succeeded, Created},
 			wantHooks: []string{"flow.created", "deployment.created", "flow.started", "deployment.started", "deployment.completed", "deployment.succeeded", "deployment.created"},
 			wantJobs:  []string{stg + "@s1", stg + "@s2", prd + "@p1"},
 		},
 		{
 			name: "last deployment succeeded: flow succeeds",
-			events: []Event{c, JobFinished{stg, "s1", 0, ""}, JobFinished{stg, "s2", 0, ""},
-				JobStarted{prd, "p1"}, JobFinished{prd, "p1", 0, ""}},
+			events: []Event{c, jf(stg, "s1", 0, ""), jf(stg, "s2", 0, ""),
+				js(prd, "p1"), jf(prd, "p1", 0, "")},
 			flowState: FlowSucceeded, deploys: []DeploymentState{Succeeded, Succeeded},
 			wantHooks: []string{"flow.created", "deployment.created", "flow.started", "deployment.started", "deployment.completed", "deployment.succeeded", "deployment.created",
 				"deployment.started", "deployment.completed", "deployment.succeeded", "flow.succeeded"},
@@ -134,7 +148,7 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name:      "a failed job fails the deployment and the flow (stop)",
-			events:    []Event{c, JobStarted{stg, "s1"}, JobFinished{stg, "s1", 2, "exit status 2"}},
+			events:    []Event{c, js(stg, "s1"), jf(stg, "s1", 2, "exit status 2")},
 			flowState: FlowFailed, deploys: []DeploymentState{Failed, NotStarted},
 			wantHooks:  []string{"flow.created", "deployment.created", "flow.started", "deployment.started", "deployment.failed", "flow.failed"},
 			wantJobs:   []string{stg + "@s1", stg + "@s2"},
@@ -142,7 +156,7 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name:      "a report after the deployment failed changes nothing",
-			events:    []Event{c, JobFinished{stg, "s1", 1, ""}, JobFinished{stg, "s2", 0, ""}, JobStarted{stg, "s2"}},
+			events:    []Event{c, jf(stg, "s1", 1, ""), jf(stg, "s2", 0, ""), js(stg, "s2")},
 			flowState: FlowFailed, deploys: []DeploymentState{Failed, NotStarted},
 			wantHooks:  []string{"flow.created", "deployment.created", "flow.started", "deployment.started", "deployment.failed", "flow.failed"},
 			wantJobs:   []string{stg + "@s1", stg + "@s2"},
@@ -150,14 +164,14 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name:      "repeated reports are idempotent",
-			events:    []Event{c, JobStarted{stg, "s1"}, JobStarted{stg, "s1"}, c},
+			events:    []Event{c, js(stg, "s1"), js(stg, "s1"), c},
 			flowState: FlowInProgress, deploys: []DeploymentState{Started, NotStarted},
 			wantHooks: []string{"flow.created", "deployment.created", "flow.started", "deployment.started"},
 			wantJobs:  []string{stg + "@s1", stg + "@s2"},
 		},
 		{
 			name:      "finished overtaking started still passes through started",
-			events:    []Event{c, JobFinished{stg, "s1", 0, ""}, JobFinished{stg, "s2", 0, ""}, JobStarted{stg, "s1"}},
+			events:    []Event{c, jf(stg, "s1", 0, ""), jf(stg, "s2", 0, ""), js(stg, "s1")},
 			flowState: FlowInProgress, deploys: []DeploymentState{Succeeded, Created},
 			wantHooks: []string{"flow.created", "deployment.created", "flow.started", "deployment.started", "deployment.completed", "deployment.succeeded", "deployment.created"},
 			wantJobs:  []string{stg + "@s1", stg + "@s2", prd + "@p1"},
@@ -185,8 +199,7 @@ func TestApply(t *testing.T) {
 func TestApplyNoMatchingAgent(t *testing.T) {
 	t.Parallel()
 	c := create("canary", "production")
-	f, effs, err := Apply(nil, c, in(1))
-	require.NoError(t, err)
+	f, effs := run(t, nil, c)
 	require.Equal(t, FlowFailed, f.State)
 	require.Equal(t, Failed, f.Deployments[0].State)
 	require.Equal(t, "no online agent matches targets env=canary", f.Deployments[0].Reason)
@@ -199,7 +212,7 @@ func TestApplyTimestamps(t *testing.T) {
 	t.Parallel()
 	c := create("staging")
 	stg := DeploymentID(c.FlowID, "staging")
-	f, _ := run(t, nil, c, JobStarted{stg, "s1"}, JobFinished{stg, "s1", 0, ""}, JobFinished{stg, "s2", 0, ""})
+	f, _ := run(t, nil, c, js(stg, "s1"), jf(stg, "s1", 0, ""), jf(stg, "s2", 0, ""))
 	d := f.Deployments[0]
 	require.Equal(t, t0.Add(1*time.Second), *d.CreatedAt)
 	require.Equal(t, t0.Add(2*time.Second), *d.StartedAt)
@@ -214,9 +227,15 @@ func TestApplySnapshotsAreMoments(t *testing.T) {
 	t.Parallel()
 	c := create("staging", "production")
 	stg := DeploymentID(c.FlowID, "staging")
-	f, _ := run(t, nil, c, JobFinished{stg, "s1", 0, ""})
-	_, effs, err := Apply(f, JobFinished{stg, "s2", 0, ""}, in(9))
+	f, _ := run(t, nil, c, jf(stg, "s1", 0, ""))
+	_, all, err := Apply(f, jf(stg, "s2", 0, ""), in(9))
 	require.NoError(t, err)
+	var effs []Effect
+	for _, e := range all {
+		if e.Kind == EffectHook {
+			effs = append(effs, e)
+		}
+	}
 	// deployment.completed shows staging completed, not yet succeeded.
 	require.Equal(t, "deployment.completed", effs[0].Hook)
 	require.Equal(t, Completed, effs[0].Snapshot.Deployment(stg).State)
@@ -236,13 +255,13 @@ func TestApplyErrorsLeaveStateUnchanged(t *testing.T) {
 		in    Input
 		want  error
 	}{
-		{"job of a missing flow", nil, JobStarted{stg, "s1"}, in(5), ErrNotFound},
-		{"unknown deployment", base, JobStarted{c.FlowID + "-qa", "s1"}, in(5), ErrNotFound},
-		{"agent without a job", base, JobFinished{stg, "p1", 0, ""}, in(5), ErrNotFound},
-		{"job on a not-started deployment", base, JobStarted{prd, "p1"}, in(5), ErrInvalidTransition},
+		{"job of a missing flow", nil, js(stg, "s1"), in(5), ErrNotFound},
+		{"unknown deployment", base, js(c.FlowID+"-qa", "s1"), in(5), ErrNotFound},
+		{"agent without a job", base, jf(stg, "p1", 0, ""), in(5), ErrNotFound},
+		{"job on a not-started deployment", base, js(prd, "p1"), in(5), ErrInvalidTransition},
 		{"create without service", nil, CreateFlow{FlowID: "f1", Artifact: "a:b", Version: "v"}, in(5), ErrInvalidEvent},
 		{"create without environments", nil, CreateFlow{FlowID: "f1", Artifact: "a:b", Version: "v", Service: "web"}, in(5), ErrInvalidEvent},
-		{"no time", base, JobStarted{stg, "s1"}, Input{}, ErrInvalidEvent},
+		{"no time", base, js(stg, "s1"), Input{}, ErrInvalidEvent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -257,7 +276,7 @@ func TestApplyErrorsLeaveStateUnchanged(t *testing.T) {
 		})
 	}
 	var te *TransitionError
-	_, _, err := Apply(base, JobStarted{prd, "p1"}, in(5))
+	_, _, err := Apply(base, js(prd, "p1"), in(5))
 	require.ErrorAs(t, err, &te)
 	require.Equal(t, "not_started", te.From)
 }
@@ -268,7 +287,7 @@ func TestApplyDoesNotModifyInput(t *testing.T) {
 	stg := DeploymentID(c.FlowID, "staging")
 	f, _ := run(t, nil, c)
 	before := f.Clone()
-	_, _, err := Apply(f, JobFinished{stg, "s1", 0, ""}, in(3))
+	_, _, err := Apply(f, jf(stg, "s1", 0, ""), in(3))
 	require.NoError(t, err)
 	require.Equal(t, before, f)
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -355,7 +356,11 @@ func TestStartStop(t *testing.T) {
 func TestRunTwice(t *testing.T) {
 	t.Parallel()
 	s := newSetup(t)
+	sub := s.subscribeHeartbeats()
 	a := s.start()
-	require.Error(t, a.Run(t.Context()))
+	nextHeartbeat(t, sub, func(wire.Heartbeat) bool { return true }) // the first Run is running
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	require.ErrorContains(t, a.Run(ctx), "Run called twice")
 	require.NoError(t, a.stop(t))
 }

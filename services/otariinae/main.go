@@ -83,7 +83,9 @@ func serviceCommand[T any](name, short string, spec *T, run func(ctx context.Con
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := envconfig.Process("otariinae", spec); err != nil {
-				return fmt.Errorf("environment: %w", err)
+				// envconfig names keys without their prefix.
+				msg := strings.Replace(err.Error(), "required key ", "required variable OTARIINAE_", 1)
+				return fmt.Errorf("environment: %s", msg)
 			}
 			lg := loggingOf(spec)
 			log, err := telemetry.NewLogger(os.Stderr, lg.LogFormat, lg.LogLevel)
