@@ -73,6 +73,15 @@ func StreamConfigs() []jetstream.StreamConfig {
 	}
 }
 
+// CancelsConfig is the key-value bucket of cancelled job ids. An entry
+// outlives any job's lifetime in JOBS (a week).
+func CancelsConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: wire.BucketCancels, Description: "cancelled job ids",
+		TTL: 7 * 24 * time.Hour, History: 1, Storage: jetstream.FileStorage,
+	}
+}
+
 // EnsureStreams creates or updates every stream. It is idempotent and safe
 // to call from every replica at start.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream) error {
@@ -80,6 +89,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream) error {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 		}
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, CancelsConfig()); err != nil {
+		return fmt.Errorf("ensure bucket %s: %w", wire.BucketCancels, err)
 	}
 	return nil
 }

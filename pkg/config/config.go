@@ -299,9 +299,7 @@ func (c *Config) Validate() error {
 			}
 		}
 		switch s.FailureStrategy {
-		case "stop":
-		case "rollback":
-			return ferr(p+".failure_strategy", "rollback is not supported in this version; use stop")
+		case "stop", "rollback":
 		default:
 			return ferr(p+".failure_strategy", "%q must be stop or rollback", s.FailureStrategy)
 		}
@@ -347,8 +345,8 @@ func (c *Config) Validate() error {
 					return ferr(ep+".env", "%q: the OTARIINAE_ prefix is reserved for variables the agent sets", k)
 				}
 			}
-			if len(e.Promotions) > 0 || e.Parallel {
-				return ferr(ep+".promotions", "promotions are not supported in this version")
+			if err := validatePromotions(ep, e.Promotions); err != nil {
+				return err
 			}
 		}
 	}
@@ -441,6 +439,44 @@ func (c *Config) Validate() error {
 			case h.HookID <= 0:
 				return ferr(p+".hook_id", "must be the hook's positive id")
 			}
+		}
+	}
+	return nil
+}
+
+func validatePromotions(ep string, ps []Promotion) error {
+	seen := map[string]bool{}
+	for k, pr := range ps {
+		pp := fmt.Sprintf("%s.promotions[%d]", ep, k)
+		if !nameRE.MatchString(pr.Name) {
+			return ferr(pp+".name", "%q must match [a-z0-9][a-z0-9-]*", pr.Name)
+		}
+		if seen[pr.Name] {
+			return ferr(pp+".name", "duplicate promotion %q", pr.Name)
+		}
+		seen[pr.Name] = true
+		pp = fmt.Sprintf("%s.promotions[%d] (%s)", ep, k, pr.Name)
+		if pr.Timeout < 0 || pr.Duration < 0 {
+			return ferr(pp, "durations must be positive")
+		}
+		switch pr.Type {
+		case "script":
+			if len(strings.Fields(pr.Command)) == 0 {
+				return ferr(pp+".command", "a script promotion needs a command")
+			}
+		case "wait":
+			if pr.Duration <= 0 {
+				return ferr(pp+".duration", "a wait promotion needs a duration such as 10m")
+			}
+		case "manual", "external":
+		default:
+			return ferr(pp+".type", "%q must be script, manual, external or wait", pr.Type)
+		}
+		if pr.Type != "script" && pr.Command != "" {
+			return ferr(pp+".command", "only script promotions run a command")
+		}
+		if pr.Type != "wait" && pr.Duration != 0 {
+			return ferr(pp+".duration", "only wait promotions have a duration (use timeout)")
 		}
 	}
 	return nil

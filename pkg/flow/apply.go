@@ -387,11 +387,8 @@ func (m *machine) slotGranted(e SlotGranted) error {
 		return fmt.Errorf("%w: deployment %s", ErrNotFound, e.DeploymentID)
 	}
 	if !d.Waiting || d.State != NotStarted || m.f.State.Terminal() {
-		// Granted to a deployment that no longer waits (cancelled, or a
-		// repeated grant): hand the environment straight back.
-		if d.State.Terminal() || !d.Waiting {
-			m.emit(Effect{Kind: EffectReleaseSlot, DeploymentID: d.ID, Environment: d.Environment})
-		}
+		// A repeated grant, or one that crossed a cancel: whoever stopped
+		// the deployment already gave its environment back.
 		return nil
 	}
 	d.Waiting = false
@@ -773,8 +770,8 @@ func (m *machine) stop(reason string, running bool) {
 			active = true
 		}
 	}
+	m.f.Reason = reason
 	if !active {
-		m.f.Reason = reason
 		m.setFlow(FlowCancelled)
 		m.hook("flow.cancelled", nil, "")
 	}

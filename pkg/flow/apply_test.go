@@ -299,3 +299,266 @@ func TestMatches(t *testing.T) {
 	require.False(t, Matches(nil, map[string]string{"env": "staging"}))
 	require.True(t, Matches(nil, nil))
 }
+
+func withPromotions(c CreateFlow, env int, parallel bool, ps ...PromotionSpec) CreateFlow {
+	sp := c.Spec
+	envs := append([]EnvSpec(nil), sp.Environments...)
+	envs[env].Promotions = ps
+	envs[env].Parallel = parallel
+	sp.Environments = envs
+	c.Spec = sp
+	return c
+}
+
+func effectsOf(effs []Effect, kind EffectKind) []Effect {
+	var out []Effect
+	for _, e := range effs {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func TestPromotions(t *testing.T) {
+	t.Parallel()
+	base := create("staging", "production")
+	stg, prd := DeploymentID(base.FlowID, "staging"), DeploymentID(base.FlowID, "production")
+	smoke := PromotionSpec{Name: "smoke", Type: PromotionScript, Command: "./smoke.sh"}
+	release := PromotionSpec{Name: "release", Type: PromotionManual}
+	qa := PromotionSpec{Name: "qa", Type: PromotionExternal, Timeout: time.Hour}
+	soak := PromotionSpec{Name: "soak", Type: PromotionWait, Duration: 10 * time.Minute}
+	deployed := []Event{jf(stg, "s1", 0, ""), jf(stg, "s2", 0, "")}
+	pjf := func(promo, agent string, code int) JobFinished {
+		return JobFinished{DeploymentID: stg, AgentID: agent, Promotion: promo, ExitCode: code}
+	}
+	approve := PromotionResult{DeploymentID: stg, Promotion: "release", Via: ViaApprove, Passed: true, By: "alice", Reason: "looks good"}
+	reject := PromotionResult{DeploymentID: stg, Promotion: "release", Via: ViaReject, Passed: false, By: "bob", Reason: "no"}
+
+	t.Run("sequential script then manual: both pass, next environment starts", func(t *testing.T) {
+		t.Parallel()
+		c := withPromotions(base, 0, false, smoke, release)
+		f, effs := run(t, nil, append([]Event{c}, deployed...)...)
+		d := f.Deployment(stg)
+		require.Equal(t, Completed, d.State)
+		require.Equal(t, PromotionRunning, d.Promotions[0].State)
+		require.Equal(t, PromotionPending, d.Promotions[1].State, "one at a time")
+		require.Equal(t, []string{stg + "@s1", stg + "@s2", stg + "@s1", stg + "@s2"}, jobs(effs), "the script runs on the deployment's agents")
+		timers := effectsOf(effs, EffectTimer)
+		require.Len(t, timers, 1)
+		require.Equal(t, TimerKey(stg, "smoke", "timeout"), timers[0].Key)
+		require.Equal(t, t0.Add(3*time.Second+DefaultPromotionTimeout), timers[0].At)
+
+		f, effs = run(t, f, pjf("smoke", "s1", 0), pjf("smoke", "s2", 0))
+		d = f.Deployment(stg)
+		require.Equal(t, PromotionPassed, d.Promotions[0].State)
+		require.Equal(t, PromotionRunning, d.Promotions[1].State)
+		require.Equal(t, []string{"promotion.passed", "promotion.started"}, hooks(effs))
+		require.Empty(t, effectsOf(effs, EffectTimer), "manual has no timeout unless set")
+
+		f, effs = run(t, f, approve)
+		d = f.Deployment(stg)
+		require.Equal(t, Succeeded, d.State)
+		require.Equal(t, "alice", d.Promotions[1].By)
+		require.Equal(t, "passed", d.Promotions[1].Result)
+		require.Equal(t, Created, f.Deployment(prd).State)
+		require.Equal(t, []string{"promotion.passed", "deployment.succeeded", "deployment.created"}, hooks(effs))
+		require.Len(t, effectsOf(effs, EffectSucceeded), 1)
+	})
+
+	t.Run("a failed script fails the deployment and the flow", func(t *testing.T) {
+		t.Parallel()
+		c := withPromotions(base, 0, false, smoke, release)
+		f, effs := run(t, nil, append(append([]Event{c}, deployed...), pjf("smoke", "s1", 0), pjf("smoke", "s2", 4))...)
+		d := f.Deployment(stg)
+		require.Equal(t, Failed, d.State)
+		require.Equal(t, PromotionFailed, d.Promotions[0].State)
+		require.Equal(t, PromotionPending, d.Promotions[1].State)
+		require.Equal(t, "promotion smoke failed: script job on agent s2 exited 4", d.Reason)
+		require.Equal(t, FlowFailed, f.State)
+		require.Equal(t, NotStarted, f.Deployment(prd).State)
+		require.Contains(t, hooks(effs), "promotion.failed")
+	})
+
+	t.Run("manual rejection fails the flow", func(t *testing.T) {
+		t.Parallel()
+		c := withPromotions(base, 0, false, release)
+		f, _ := run(t, nil, append(append([]Event{c}, deployed...), reject)...)
+		require.Equal(t, FlowFailed, f.State)
+		p := f.Deployment(stg).Promotions[0]
+		require.Equal(t, PromotionFailed, p.State)
+		require.Equal(t, "bob", p.By)
+		require.Equal(t, "no", p.Reason)
+	})
+
+	t.Run("parallel promotions start together; external result and soak timer pass them", func(t *testing.T) {
+		t.Parallel()
+		c := withPromotions(base, 0, true, qa, soak)
+		f, effs := run(t, nil, append([]Event{c}, deployed...)...)
+		d := f.Deployment(stg)
+		require.Equal(t, PromotionRunning, d.Promotions[0].State)
+		require.Equal(t, PromotionRunning, d.Promotions[1].State)
+		var keys []string
+		for _, e := range effectsOf(effs, EffectTimer) {
+			keys = append(keys, e.Key)
+		}
+		require.ElementsMatch(t, []string{TimerKey(stg, "qa", "timeout"), TimerKey(stg, "soak", "wait")}, keys)
+		f, _ = run(t, f, TimerFired{Key: TimerKey(stg, "soak", "wait")})
+		require.Equal(t, PromotionPassed, f.Deployment(stg).Promotions[1].State)
+		require.Equal(t, Completed, f.Deployment(stg).State)
+		f, _ = run(t, f, PromotionResult{DeploymentID: stg, Promotion: "qa", Via: ViaResult, Passed: true})
+		require.Equal(t, Succeeded, f.Deployment(stg).State)
+	})
+
+	t.Run("timeout fails a promotion; a stale timer changes nothing", func(t *testing.T) {
+		t.Parallel()
+		c := withPromotions(base, 0, false, qa)
+		f, _ := run(t, nil, append(append([]Event{c}, deployed...), TimerFired{Key: TimerKey(stg, "qa", "timeout")})...)
+		require.Equal(t, FlowFailed, f.State)
+		require.Equal(t, "promotion qa failed: timed out", f.Deployment(stg).Reason)
+		again, effs, err := Apply(f, TimerFired{Key: TimerKey(stg, "qa", "timeout")}, in(20))
+		require.NoError(t, err)
+		require.Empty(t, effs)
+		require.Equal(t, f.State, again.State)
+	})
+
+	t.Run("wrong promotion type or state is refused", func(t *testing.T) {
+		t.Parallel()
+		c := withPromotions(base, 0, false, qa, release)
+		f, _ := run(t, nil, append([]Event{c}, deployed...)...)
+		for _, ev := range []Event{
+			approve, // release is still pending
+			PromotionResult{DeploymentID: stg, Promotion: "qa", Via: ViaApprove, Passed: true}, // qa is external
+		} {
+			got, effs, err := Apply(f, ev, in(30))
+			require.ErrorIs(t, err, ErrInvalidTransition)
+			require.Empty(t, effs)
+			require.Equal(t, f, got)
+		}
+		_, _, err := Apply(f, PromotionResult{DeploymentID: stg, Promotion: "nope", Via: ViaResult}, in(30))
+		require.ErrorIs(t, err, ErrNotFound)
+	})
+}
+
+func TestCancel(t *testing.T) {
+	t.Parallel()
+	c := create("staging", "production")
+	stg, prd := DeploymentID(c.FlowID, "staging"), DeploymentID(c.FlowID, "production")
+	f, _ := run(t, nil, c, js(stg, "s1"))
+	f, effs := run(t, f, Cancel{By: "alice", Reason: "bad build"})
+	require.Equal(t, FlowCancelled, f.State)
+	require.Equal(t, Cancelled, f.Deployment(stg).State)
+	require.Equal(t, Cancelled, f.Deployment(prd).State)
+	require.Equal(t, "cancelled by alice: bad build", f.Reason)
+	cancels := effectsOf(effs, EffectCancelJobs)
+	require.Len(t, cancels, 1)
+	require.Equal(t, []string{"s1", "s2"}, cancels[0].AgentIDs, "pending and running jobs stop")
+	require.Equal(t, []string{"deployment.cancelled", "flow.cancelled"}, hooks(effs))
+	require.Len(t, effectsOf(effs, EffectReleaseSlot), 1)
+
+	_, _, err := Apply(f, Cancel{}, in(9))
+	var te *TransitionError
+	require.ErrorAs(t, err, &te)
+	require.Equal(t, "cancelled", te.From)
+	// Reports after the cancel change nothing.
+	again, effs, err := Apply(f, jf(stg, "s1", 0, ""), in(10))
+	require.NoError(t, err)
+	require.Empty(t, effs)
+	require.Equal(t, Cancelled, again.Deployment(stg).State)
+}
+
+func TestSupersede(t *testing.T) {
+	t.Parallel()
+	c := create("staging", "production")
+	stg, prd := DeploymentID(c.FlowID, "staging"), DeploymentID(c.FlowID, "production")
+
+	t.Run("running deployment finishes, the rest is cancelled", func(t *testing.T) {
+		t.Parallel()
+		f, _ := run(t, nil, c, js(stg, "s1"))
+		f, effs := run(t, f, Supersede{By: "fnewer", Version: "def"})
+		require.Equal(t, FlowInProgress, f.State)
+		require.Equal(t, Started, f.Deployment(stg).State)
+		require.Equal(t, Cancelled, f.Deployment(prd).State)
+		require.Empty(t, hooks(effs))
+		f, effs = run(t, f, jf(stg, "s1", 0, ""), jf(stg, "s2", 0, ""))
+		require.Equal(t, Succeeded, f.Deployment(stg).State)
+		require.Equal(t, FlowCancelled, f.State)
+		require.Contains(t, f.Reason, "superseded by def")
+		require.Equal(t, []string{"deployment.completed", "deployment.succeeded", "flow.cancelled"}, hooks(effs))
+	})
+
+	t.Run("a waiting flow gives its environment back", func(t *testing.T) {
+		t.Parallel()
+		f, effs, err := Apply(nil, c, in(1)) // slot requested, not granted
+		require.NoError(t, err)
+		require.Len(t, effectsOf(effs, EffectRequestSlot), 1)
+		require.True(t, f.Deployment(stg).Waiting)
+		f, effs, err = Apply(f, Supersede{By: "fnewer", Version: "def"}, in(2))
+		require.NoError(t, err)
+		require.Equal(t, FlowCancelled, f.State)
+		rel := effectsOf(effs, EffectReleaseSlot)
+		require.Len(t, rel, 1)
+		require.Equal(t, stg, rel[0].DeploymentID)
+		// A grant that crossed the cancel changes nothing: the release
+		// above already gave the environment back.
+		_, effs, err = Apply(f, SlotGranted{DeploymentID: stg}, in(3))
+		require.NoError(t, err)
+		require.Empty(t, effs)
+	})
+
+	t.Run("supersede by itself or after the end changes nothing", func(t *testing.T) {
+		t.Parallel()
+		f, _ := run(t, nil, c)
+		got, effs, err := Apply(f, Supersede{By: c.FlowID}, in(5))
+		require.NoError(t, err)
+		require.Empty(t, effs)
+		require.Equal(t, FlowInProgress, got.State)
+	})
+}
+
+func TestCreateAsksForSupersedeAndSlot(t *testing.T) {
+	t.Parallel()
+	c := create("staging")
+	c.Spec.Supersede = true
+	_, effs, err := Apply(nil, c, in(1))
+	require.NoError(t, err)
+	var kinds []EffectKind
+	for _, e := range effs {
+		kinds = append(kinds, e.Kind)
+	}
+	require.Equal(t, []EffectKind{EffectHook, EffectSupersede, EffectRequestSlot}, kinds)
+}
+
+func TestRollback(t *testing.T) {
+	t.Parallel()
+	c := create("staging", "production")
+	c.Spec.FailureStrategy = "rollback"
+	stg := DeploymentID(c.FlowID, "staging")
+	last := map[string]LastSuccess{"staging": {Artifact: "acme:web", Version: "old", Commit: "old", Ref: "refs/heads/main", FlowID: "fold"}}
+	f, _ := run(t, nil, c)
+	f, effs, err := Apply(f, jf(stg, "s1", 1, ""), Input{At: t0.Add(time.Minute), LastSucceeded: last})
+	require.NoError(t, err)
+	require.Equal(t, FlowFailed, f.State)
+	creates := effectsOf(effs, EffectCreateFlow)
+	require.Len(t, creates, 1)
+	rb := creates[0].Create
+	require.Equal(t, RollbackFlowID(f.ID), rb.FlowID)
+	require.Equal(t, f.ID, rb.RollbackOf)
+	require.Equal(t, "old", rb.Version)
+	require.Len(t, rb.Spec.Environments, 1)
+	require.Equal(t, "staging", rb.Spec.Environments[0].Name)
+	require.False(t, rb.Spec.Supersede)
+
+	// The rollback flow itself is not rolled back again.
+	rf, _ := run(t, nil, *rb)
+	rf, effs, err = Apply(rf, jf(DeploymentID(rb.FlowID, "staging"), "s1", 1, ""), Input{At: t0.Add(2 * time.Minute), LastSucceeded: last})
+	require.NoError(t, err)
+	require.Equal(t, FlowFailed, rf.State)
+	require.Empty(t, effectsOf(effs, EffectCreateFlow))
+
+	// Nothing to roll back to: no rollback.
+	f2, _ := run(t, nil, c)
+	_, effs, err = Apply(f2, jf(stg, "s1", 1, ""), Input{At: t0.Add(time.Minute)})
+	require.NoError(t, err)
+	require.Empty(t, effectsOf(effs, EffectCreateFlow))
+}

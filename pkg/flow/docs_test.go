@@ -17,7 +17,7 @@ func TestDocsMatchTables(t *testing.T) {
 	b, err := os.ReadFile("../../docs/flow.md")
 	require.NoError(t, err)
 	blocks := regexp.MustCompile("(?s)```mermaid\n(.*?)```").FindAllStringSubmatch(string(b), -1)
-	require.Len(t, blocks, 2, "a deployment and a flow diagram")
+	require.Len(t, blocks, 3, "deployment, promotion and flow diagrams")
 
 	edges := func(block string) []string {
 		var out []string
@@ -45,5 +45,13 @@ func TestDocsMatchTables(t *testing.T) {
 		}
 	}
 	slices.Sort(fl)
-	require.Equal(t, fl, edges(blocks[1][1]), "flow diagram")
+	require.Equal(t, fl, edges(blocks[2][1]), "flow diagram")
+	var pr []string
+	for from, tos := range PromotionMoves() {
+		for _, to := range tos {
+			pr = append(pr, string(from)+"->"+string(to))
+		}
+	}
+	slices.Sort(pr)
+	require.Equal(t, pr, edges(blocks[1][1]), "promotion diagram")
 }

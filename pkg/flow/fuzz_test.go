@@ -17,12 +17,21 @@ func FuzzApply(f *testing.F) {
 			ops = ops[:200]
 		}
 		c := create("staging", "production", "eu")
+		c.Spec.Supersede = true
+		c.Spec.FailureStrategy = "rollback"
+		c = withPromotions(c, 0, false,
+			PromotionSpec{Name: "smoke", Type: PromotionScript, Command: "./smoke.sh"},
+			PromotionSpec{Name: "release", Type: PromotionManual})
+		c = withPromotions(c, 1, true,
+			PromotionSpec{Name: "qa", Type: PromotionExternal},
+			PromotionSpec{Name: "soak", Type: PromotionWait, Duration: time.Minute})
 		envs := []string{"staging", "production", "eu"}
 		ags := []string{"s1", "s2", "p1", "nobody"}
 		var fl *Flow
 		for i, op := range ops {
 			ev := eventOf(c, envs, ags, op)
-			inp := Input{At: t0.Add(time.Duration(i) * time.Second), Agents: agents}
+			inp := Input{At: t0.Add(time.Duration(i) * time.Second), Agents: agents,
+				LastSucceeded: map[string]LastSuccess{"staging": {Artifact: "acme:web", Version: "old", Commit: "old"}}}
 			if op%17 == 16 {
 				inp.Agents = nil // agents went away
 			}
@@ -46,18 +55,37 @@ func FuzzApply(f *testing.F) {
 }
 
 func eventOf(c CreateFlow, envs, ags []string, op byte) Event {
-	env := envs[int(op>>2)%len(envs)]
-	agent := ags[int(op>>4)%len(ags)]
+	env := envs[int(op>>4)%len(envs)]
+	agent := ags[int(op>>6)%len(ags)]
 	dep := DeploymentID(c.FlowID, env)
-	switch op % 4 {
+	promos := []string{"", "smoke", "release", "qa", "soak"}
+	promo := promos[int(op>>3)%len(promos)]
+	switch op % 12 {
 	case 0:
 		return c
 	case 1:
-		return JobStarted{DeploymentID: dep, AgentID: agent}
-	case 2:
-		return JobFinished{DeploymentID: dep, AgentID: agent, ExitCode: 0}
+		return JobStarted{DeploymentID: dep, AgentID: agent, Promotion: promo}
+	case 2, 3:
+		return JobFinished{DeploymentID: dep, AgentID: agent, Promotion: promo, ExitCode: 0}
+	case 4:
+		return JobFinished{DeploymentID: dep, AgentID: agent, Promotion: promo, ExitCode: 1}
+	case 5:
+		return SlotGranted{DeploymentID: dep}
+	case 6:
+		return PromotionResult{DeploymentID: dep, Promotion: promo, Via: ViaApprove, Passed: true}
+	case 7:
+		return PromotionResult{DeploymentID: dep, Promotion: promo, Via: ViaResult, Passed: op&64 == 0}
+	case 8:
+		return TimerFired{Key: TimerKey(dep, promo, []string{"wait", "timeout"}[int(op>>7)])}
+	case 9:
+		return Supersede{By: "fnewer", Version: "v2"}
+	case 10:
+		if op > 200 {
+			return Cancel{Reason: "fuzz"}
+		}
+		return SlotGranted{DeploymentID: dep}
 	default:
-		return JobFinished{DeploymentID: dep, AgentID: agent, ExitCode: int(op>>6) % 2}
+		return PromotionResult{DeploymentID: dep, Promotion: promo, Via: ViaReject}
 	}
 }
 
@@ -91,6 +119,23 @@ func checkInvariants(t *testing.T, prev, next *Flow, effs []Effect) {
 	}
 	if running > 1 {
 		t.Fatalf("%d deployments running at once", running)
+	}
+	for _, d := range next.Deployments {
+		for _, p := range d.Promotions {
+			if p.State == PromotionRunning && !d.State.Active() {
+				t.Fatalf("promotion %s running in a %s deployment", p.Name, d.State)
+			}
+			if p.State != PromotionPending && d.State == NotStarted {
+				t.Fatalf("promotion %s %s before its deployment started", p.Name, p.State)
+			}
+		}
+		if d.State == Succeeded {
+			for _, p := range d.Promotions {
+				if p.State != PromotionPassed {
+					t.Fatalf("deployment %s succeeded with promotion %s %s", d.Environment, p.Name, p.State)
+				}
+			}
+		}
 	}
 	if next.State == FlowSucceeded {
 		for _, d := range next.Deployments {

@@ -124,16 +124,24 @@ func (s *Store) AckOutbox(ctx context.Context, flowID string, published [][]byte
 // RepoKey is the canonical (lower-case) form of a GitHub org/repo.
 func RepoKey(repo string) string { return strings.ToLower(repo) }
 
-// IndexFlow records a flow in the read indexes. Idempotent: the engine calls
-// it again when it replays an event whose state write already landed.
+// IndexFlow records a flow in the read indexes and keeps the service's set
+// of in-progress flows current. Idempotent: the engine calls it again when
+// it replays an event whose state write already landed.
 func (s *Store) IndexFlow(ctx context.Context, f *flow.Flow) error {
 	score := float64(f.CreatedAt.UnixMilli())
 	repo := RepoKey(f.Repository)
 	pipe := s.rdb.Pipeline()
 	pipe.ZAddNX(ctx, s.keys.Flows(), redis.Z{Score: score, Member: f.ID})
+	pipe.ZAddNX(ctx, s.keys.ServiceFlows(f.Service), redis.Z{Score: score, Member: f.ID})
+	pipe.ZAddNX(ctx, s.keys.ArtifactVersions(strings.ToLower(f.Artifact)), redis.Z{Score: score, Member: f.Version})
 	if repo != "" {
 		pipe.ZAddNX(ctx, s.keys.RepoFlows(repo), redis.Z{Score: score, Member: f.ID})
 		pipe.SAdd(ctx, s.keys.CommitFlows(repo, strings.ToLower(f.Commit)), f.ID)
+	}
+	if f.State.Terminal() {
+		pipe.ZRem(ctx, s.keys.ServiceActive(f.Service), f.ID)
+	} else {
+		pipe.ZAddNX(ctx, s.keys.ServiceActive(f.Service), redis.Z{Score: score, Member: f.ID})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("index flow %s: %w", f.ID, err)

@@ -48,6 +48,9 @@ const (
 	SubjectInternal = "otariinae.events.internal"
 
 	SubjectHeartbeatAll = "otariinae.agents.heartbeat.*"
+	// SubjectAnnounce asks every agent to send a heartbeat now (an engine
+	// that starts does, so it knows the fleet without waiting an interval).
+	SubjectAnnounce = "otariinae.agents.announce"
 	// QueueEngine is the queue group engines use for heartbeats.
 	QueueEngine = "engine"
 )
@@ -99,8 +102,14 @@ func HeartbeatSubject(agentID string) string { return "otariinae.agents.heartbea
 type JobKind string
 
 const (
-	JobDeploy JobKind = "deploy"
+	JobDeploy    JobKind = "deploy"
+	JobPromotion JobKind = "promotion" // a script promotion: Command is the promotion's
 )
+
+// BucketCancels is the JetStream key-value bucket of cancelled jobs: the
+// engine puts a job id there to stop it; an agent checks it before running
+// a job and watches it while the job runs.
+const BucketCancels = "otariinae-cancels"
 
 // Job is what the engine asks one agent to do. It carries everything the
 // agent needs: agents never read Redis or the config file.
@@ -109,6 +118,7 @@ type Job struct {
 	Kind         JobKind           `json:"kind"`
 	FlowID       string            `json:"flow_id"`
 	DeploymentID string            `json:"deployment_id"`
+	Promotion    string            `json:"promotion,omitempty"`
 	AgentID      string            `json:"agent_id"`
 	Service      string            `json:"service"`
 	Environment  string            `json:"environment"`
@@ -128,6 +138,11 @@ type Job struct {
 // JobID is the deterministic id of the job of one deployment on one agent.
 func JobID(deploymentID, agentID string) string { return deploymentID + "." + agentID }
 
+// PromotionJobID is the id of a script promotion's job on one agent.
+func PromotionJobID(deploymentID, promotion, agentID string) string {
+	return deploymentID + "." + promotion + "." + agentID
+}
+
 // JobState is what an agent reports about a job.
 type JobState string
 
@@ -141,6 +156,7 @@ type JobReport struct {
 	JobID        string    `json:"job_id"`
 	FlowID       string    `json:"flow_id"`
 	DeploymentID string    `json:"deployment_id"`
+	Promotion    string    `json:"promotion,omitempty"`
 	AgentID      string    `json:"agent_id"`
 	State        JobState  `json:"state"`
 	ExitCode     *int      `json:"exit_code,omitempty"`

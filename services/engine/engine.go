@@ -1,26 +1,26 @@
 // Package engine is the thin shell around pkg/flow: it consumes EVENTS,
 // loads a flow from Redis, applies the event, writes the new state with its
-// outbox and an applied-event marker in one Lua step, publishes the outbox
-// to JOBS and HOOKS with deterministic message ids, and only then acks.
+// outbox and an applied-event marker in one Lua step, carries out the
+// outbox (publishes to JOBS, HOOKS and EVENTS with deterministic message
+// ids, schedules timers, hands environments over), and only then acks.
 //
 // A crash anywhere replays to the same result: an event whose state write
-// landed is recognised by its marker and only its outbox is republished;
-// JetStream drops republished messages by their ids. Replicas share one
-// durable consumer; a stale replica loses the revision check and retries.
+// landed is recognised by its marker and only its outbox is carried out
+// again; JetStream drops republished messages by their ids and every other
+// outbox operation is idempotent. Replicas share one durable consumer; a
+// stale replica loses the revision check and retries.
 package engine
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/google/go-github/v92/github"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,20 +36,23 @@ import (
 type Config struct {
 	AgentLostAfter time.Duration `split_words:"true" default:"30s" desc:"an agent silent this long gets no new jobs"`
 	AckWait        time.Duration `envconfig:"ENGINE_ACK_WAIT" default:"30s" desc:"redeliver an event not acked in this time"`
+	Workers        int           `envconfig:"ENGINE_WORKERS" default:"8" desc:"events applied concurrently by this replica"`
+	TimerInterval  time.Duration `envconfig:"ENGINE_TIMER_INTERVAL" default:"1s" desc:"how often due timers (soaks, promotion timeouts) are fired"`
 }
 
 // Engine runs the flow state machine over the EVENTS stream.
 type Engine struct {
-	cfg  Config
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	st   *store.Store
-	conf *config.Live
-	log  *slog.Logger
-	m    metrics
-	now  func() time.Time
+	cfg     Config
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	cancels jetstream.KeyValue
+	st      *store.Store
+	conf    *config.Live
+	log     *slog.Logger
+	m       metrics
+	now     func() time.Time
 	// afterCommitFunc, when set (tests only), runs between the state write
-	// and the outbox publish; an error there stands for a crash.
+	// and the outbox; an error there stands for a crash.
 	afterCommitFunc func() error
 }
 
@@ -59,6 +62,7 @@ type metrics struct {
 	apply     prometheus.Histogram
 	published *prometheus.CounterVec
 	heartbeat prometheus.Counter
+	timers    prometheus.Counter
 }
 
 // New returns an engine. It registers its metrics on reg.
@@ -73,6 +77,12 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 30 * time.Second
 	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 8
+	}
+	if cfg.TimerInterval <= 0 {
+		cfg.TimerInterval = time.Second
+	}
 	e := &Engine{cfg: cfg, nc: nc, js: js, st: st, conf: conf, log: log, now: time.Now}
 	e.m = metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -82,22 +92,38 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 			Name: "otariinae_engine_apply_conflicts_total", Help: "State writes that lost the revision check and were retried.",
 		}),
 		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "otariinae_engine_apply_duration_seconds", Help: "Time to load, apply, commit and publish one event.",
+			Name: "otariinae_engine_apply_duration_seconds", Help: "Time to load, apply, commit and carry out the outbox of one event.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "otariinae_engine_outbox_published_total", Help: "Outbox messages published, by stream.",
-		}, []string{"stream"}),
+			Name: "otariinae_engine_outbox_total", Help: "Outbox operations carried out, by operation.",
+		}, []string{"op"}),
 		heartbeat: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "otariinae_engine_heartbeats_total", Help: "Agent heartbeats recorded.",
 		}),
+		timers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "otariinae_engine_timers_fired_total", Help: "Timers (soaks, promotion timeouts) fired.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{e.m.events, e.m.conflicts, e.m.apply, e.m.published, e.m.heartbeat} {
+	for _, c := range []prometheus.Collector{e.m.events, e.m.conflicts, e.m.apply, e.m.published, e.m.heartbeat, e.m.timers} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register engine metrics: %w", err)
 		}
 	}
 	return e, nil
+}
+
+// ConsumerConfig is the durable consumer every engine replica shares.
+func (e *Engine) ConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       bus.ConsumerEngine,
+		Description:   "flow engine replicas",
+		FilterSubject: wire.SubjectEventsAll,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       e.cfg.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 1024,
+	}
 }
 
 // Run consumes events until ctx ends. Work in hand when ctx ends is
@@ -106,15 +132,12 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err := bus.EnsureStreamsRetry(ctx, e.js, e.log); err != nil {
 		return nil // ctx ended before NATS came up
 	}
-	cons, err := e.js.CreateOrUpdateConsumer(ctx, wire.StreamEvents, jetstream.ConsumerConfig{
-		Durable:       bus.ConsumerEngine,
-		Description:   "flow engine replicas",
-		FilterSubject: wire.SubjectEventsAll,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       e.cfg.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: 256,
-	})
+	kv, err := e.js.KeyValue(ctx, wire.BucketCancels)
+	if err != nil {
+		return fmt.Errorf("open bucket %s: %w", wire.BucketCancels, err)
+	}
+	e.cancels = kv
+	cons, err := e.js.CreateOrUpdateConsumer(ctx, wire.StreamEvents, e.ConsumerConfig())
 	if err != nil {
 		return fmt.Errorf("create engine consumer: %w", err)
 	}
@@ -123,16 +146,43 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe heartbeats: %w", err)
 	}
 	defer func() { _ = sub.Drain() }()
+	// Ask the fleet to announce itself now rather than at its next beat.
+	if err := e.nc.Publish(wire.SubjectAnnounce, nil); err != nil {
+		e.log.Warn("ask agents to announce", "err", err)
+	}
 
-	it, err := cons.Messages(jetstream.PullMaxMessages(64))
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * e.cfg.Workers))
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)
 	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		e.runTimers(ctx)
+	}()
 	go func() {
 		<-ctx.Done()
 		it.Stop()
 	}()
-	e.log.Info("engine consuming", "stream", wire.StreamEvents, "consumer", bus.ConsumerEngine)
+	e.log.Info("engine consuming", "stream", wire.StreamEvents, "consumer", bus.ConsumerEngine, "workers", e.cfg.Workers)
+	// Workers apply events concurrently; the revision check serialises
+	// writers of one flow, so order between flows does not matter and
+	// order within a flow is kept by the model (reports may overtake).
+	msgs := make(chan jetstream.Msg)
+	for range e.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for msg := range msgs {
+				// In-flight work finishes even when ctx ends: a step is
+				// never half-done by shutdown.
+				e.Handle(context.WithoutCancel(ctx), msg)
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer close(msgs)
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -142,9 +192,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.log.Warn("next event", "err", err)
 			continue
 		}
-		// In-flight work finishes even when ctx ends: its own context is
-		// not the run's, so a deploy step is never half-applied by shutdown.
-		e.Handle(context.WithoutCancel(ctx), msg)
+		msgs <- msg
 	}
 }
 
@@ -153,7 +201,6 @@ type target struct {
 	flowID  string
 	eventID string
 	event   flow.Event
-	create  bool
 }
 
 // Handle applies one EVENTS message and acks, naks or terminates it.
@@ -167,8 +214,16 @@ func (e *Engine) Handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	// The stream's timestamp: the same on every redelivery, so a replay
+	// computes the same state and the same effects.
 	at := meta.Timestamp.UTC()
-	targets, err := e.decode(msg)
+	targets, err := e.decode(ctx, msg)
+	if errors.Is(err, errRetry) {
+		e.m.events.WithLabelValues(kind, "retried").Inc()
+		e.log.Warn("event failed, will retry", "subject", msg.Subject(), "err", err)
+		_ = msg.NakWithDelay(2 * time.Second)
+		return
+	}
 	if err != nil {
 		e.m.events.WithLabelValues(kind, "rejected").Inc()
 		e.log.Warn("event rejected", "subject", msg.Subject(), "stream_seq", meta.Sequence.Stream, "err", err)
@@ -176,7 +231,8 @@ func (e *Engine) Handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	for _, t := range targets {
-		if err := e.apply(ctx, t, at); err != nil {
+		result, err := e.apply(ctx, t, at)
+		if err != nil {
 			if errors.Is(err, errPermanent) {
 				e.m.events.WithLabelValues(kind, "rejected").Inc()
 				e.log.Warn("event not applicable", "flow_id", t.flowID, "event_id", t.eventID, "err", err)
@@ -187,11 +243,11 @@ func (e *Engine) Handle(ctx context.Context, msg jetstream.Msg) {
 			_ = msg.NakWithDelay(2 * time.Second)
 			return
 		}
+		e.m.events.WithLabelValues(kind, result).Inc()
 	}
 	if err := msg.Ack(); err != nil {
 		e.log.Warn("ack event", "err", err)
 	}
-	e.m.events.WithLabelValues(kind, "applied").Inc()
 }
 
 func eventKind(subject string) string {
@@ -200,168 +256,122 @@ func eventKind(subject string) string {
 		return "github"
 	case subject == wire.SubjectJobReport:
 		return "job"
+	case subject == wire.SubjectArtifact:
+		return "artifact"
+	case subject == wire.SubjectTrigger:
+		return "trigger"
+	case subject == wire.SubjectInternal:
+		return "internal"
 	}
 	return "other"
 }
 
-var errPermanent = errors.New("permanent")
+var (
+	errPermanent = errors.New("permanent")
+	errRetry     = errors.New("retry")
+)
 
 // permanent marks an error that no retry can fix.
 func permanent(err error) error { return fmt.Errorf("%w: %w", errPermanent, err) }
-
-// decode turns a message into the flows it applies to.
-func (e *Engine) decode(msg jetstream.Msg) ([]target, error) {
-	switch {
-	case strings.HasPrefix(msg.Subject(), wire.SubjectGitHubPrefix):
-		return e.decodeGitHub(msg)
-	case msg.Subject() == wire.SubjectJobReport:
-		var r wire.JobReport
-		if err := json.Unmarshal(msg.Data(), &r); err != nil {
-			return nil, fmt.Errorf("decode job report: %w", err)
-		}
-		flowID, ok := flow.FlowIDOf(r.DeploymentID)
-		if !ok || flowID != r.FlowID {
-			return nil, fmt.Errorf("job report %s: deployment %q does not belong to flow %q", r.JobID, r.DeploymentID, r.FlowID)
-		}
-		t := target{flowID: flowID, eventID: r.MsgID()}
-		switch r.State {
-		case wire.JobStarted:
-			t.event = flow.JobStarted{DeploymentID: r.DeploymentID, AgentID: r.AgentID}
-		case wire.JobFinished:
-			if r.ExitCode == nil {
-				return nil, fmt.Errorf("job report %s: finished without exit code", r.JobID)
-			}
-			t.event = flow.JobFinished{DeploymentID: r.DeploymentID, AgentID: r.AgentID, ExitCode: *r.ExitCode, Reason: r.Reason}
-		default:
-			return nil, fmt.Errorf("job report %s: unknown state %q", r.JobID, r.State)
-		}
-		return []target{t}, nil
-	}
-	return nil, fmt.Errorf("no handler for subject %s", msg.Subject())
-}
-
-func (e *Engine) decodeGitHub(msg jetstream.Msg) ([]target, error) {
-	typ := msg.Headers().Get(wire.HeaderGitHubEvent)
-	delivery := msg.Headers().Get(wire.HeaderDelivery)
-	if typ != "push" {
-		return nil, fmt.Errorf("github event %q is not handled", typ)
-	}
-	payload, err := github.ParseWebHook(typ, msg.Data())
-	if err != nil {
-		return nil, fmt.Errorf("parse github %s delivery %s: %w", typ, delivery, err)
-	}
-	push, ok := payload.(*github.PushEvent)
-	if !ok {
-		return nil, fmt.Errorf("github delivery %s is %T, not a push", delivery, payload)
-	}
-	repo := push.GetRepo().GetFullName()
-	if repo == "" {
-		repo = msg.Headers().Get(wire.HeaderRepository)
-	}
-	branch, isBranch := strings.CutPrefix(push.GetRef(), "refs/heads/")
-	commit := strings.ToLower(push.GetAfter())
-	if !isBranch || push.GetDeleted() || !validSHA(commit) {
-		return nil, nil // nothing to deploy; ingest normally filters these
-	}
-	artifact := config.ArtifactOf(repo)
-	var out []target
-	for _, svc := range e.conf.Get().ServicesForArtifact(artifact) {
-		if !svc.TracksBranch(branch) {
-			continue
-		}
-		out = append(out, target{
-			flowID:  flow.FlowID(strings.ToLower(artifact), commit, svc.Name),
-			eventID: "gh." + delivery,
-			create:  true,
-			event: flow.CreateFlow{
-				FlowID: flow.FlowID(strings.ToLower(artifact), commit, svc.Name), Artifact: artifact,
-				Version: commit, Commit: commit, Ref: push.GetRef(), Service: svc.Name,
-				Repository: repo, Spec: SpecOf(svc),
-			},
-		})
-	}
-	return out, nil
-}
-
-func validSHA(s string) bool {
-	if len(s) != 40 && len(s) != 64 {
-		return false
-	}
-	for _, c := range s {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return s != strings.Repeat("0", len(s))
-}
-
-// SpecOf freezes a service's configuration for a new flow.
-func SpecOf(svc *config.Service) flow.Spec {
-	sp := flow.Spec{GitURL: svc.GitURL, Command: svc.Deploy, Shell: svc.Shell, Secrets: svc.Secrets}
-	for _, env := range svc.Pipeline {
-		sp.Environments = append(sp.Environments, flow.EnvSpec{
-			Name: env.Environment, Targets: env.Targets, Env: env.Env, Timeout: env.Timeout.D(),
-		})
-	}
-	return sp
-}
 
 // maxConflicts bounds the optimistic retry loop: a flow hotly contended by
 // many replicas still converges, and a bug cannot spin forever.
 const maxConflicts = 50
 
-func (e *Engine) apply(ctx context.Context, t target, at time.Time) error {
+// apply applies one event to one flow and carries out the outbox. It
+// returns "applied" or "duplicate".
+func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, error) {
+	result := "applied"
+	var final *flow.Flow
 	for attempt := 0; ; attempt++ {
 		if attempt == maxConflicts {
-			return fmt.Errorf("flow %s: %d write conflicts in a row", t.flowID, attempt)
+			return "", fmt.Errorf("flow %s: %d write conflicts in a row", t.flowID, attempt)
 		}
 		ld, err := e.st.LoadFlow(ctx, t.flowID, t.eventID)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if ld.Applied {
+			result = "duplicate"
 			break
 		}
-		agents, err := e.onlineAgents(ctx)
+		in, err := e.input(ctx, ld.Flow, t.event, at)
 		if err != nil {
-			return err
+			return "", err
 		}
-		next, effects, err := flow.Apply(ld.Flow, t.event, flow.Input{At: at, Agents: agents})
+		next, effects, err := flow.Apply(ld.Flow, t.event, in)
 		if err != nil {
-			return permanent(err)
+			return "", permanent(err)
 		}
-		if ld.Flow != nil && len(effects) == 0 && t.create {
-			break // the flow exists: a second create changes nothing
+		if ld.Flow != nil && len(effects) == 0 && next == ld.Flow {
+			result = "duplicate" // e.g. a second create of the same flow
+			break
 		}
 		outbox, err := e.render(next, effects, t.eventID, at)
 		if err != nil {
-			return permanent(err)
+			return "", permanent(err)
 		}
 		_, err = e.st.Commit(ctx, next, ld.Rev, t.eventID, outbox)
 		if errors.Is(err, store.ErrConflict) {
 			e.m.conflicts.Inc()
 			continue
 		}
-		if err != nil && !errors.Is(err, store.ErrAlreadyApplied) {
-			return err
+		if errors.Is(err, store.ErrAlreadyApplied) {
+			result = "duplicate"
+			break
+		}
+		if err != nil {
+			return "", err
 		}
 		if e.afterCommitFunc != nil {
 			if err := e.afterCommitFunc(); err != nil {
-				return err
+				return "", err
 			}
 		}
+		final = next
 		break
 	}
-	if t.create {
-		f, err := e.st.GetFlow(ctx, t.flowID)
-		if err != nil {
-			return err
+	// Indexes are kept outside the state write (they live in other cluster
+	// slots); they are idempotent and redone on a replay.
+	if _, isCreate := t.event.(flow.CreateFlow); isCreate || result == "duplicate" || (final != nil && final.State.Terminal()) {
+		f := final
+		if f == nil {
+			var err error
+			if f, err = e.st.GetFlow(ctx, t.flowID); err != nil {
+				if errors.Is(err, store.ErrNotFound) {
+					return result, nil // a duplicate of an event that created nothing
+				}
+				return "", err
+			}
 		}
 		if err := e.st.IndexFlow(ctx, f); err != nil {
-			return err
+			return "", err
 		}
 	}
-	return e.publishOutbox(ctx, t.flowID)
+	return result, e.runOutbox(ctx, t.flowID)
+}
+
+// input gathers what the model needs besides the event: the time, the
+// online agents (when a deployment may be created) and, for services that
+// roll back, where each environment last succeeded.
+func (e *Engine) input(ctx context.Context, f *flow.Flow, ev flow.Event, at time.Time) (flow.Input, error) {
+	in := flow.Input{At: at}
+	switch ev.(type) {
+	case flow.SlotGranted, flow.CreateFlow:
+		agents, err := e.onlineAgents(ctx)
+		if err != nil {
+			return in, err
+		}
+		in.Agents = agents
+	}
+	if f != nil && f.Spec != nil && f.Spec.FailureStrategy == "rollback" {
+		last, err := e.st.LastSucceeded(ctx, f.Service)
+		if err != nil {
+			return in, err
+		}
+		in.LastSucceeded = last
+	}
+	return in, nil
 }
 
 func (e *Engine) onlineAgents(ctx context.Context) ([]flow.Agent, error) {
@@ -377,141 +387,6 @@ func (e *Engine) onlineAgents(ctx context.Context) ([]flow.Agent, error) {
 		out = append(out, flow.Agent{ID: r.ID, Labels: r.Labels})
 	}
 	return out, nil
-}
-
-// outboxEntry is one message to publish, stored in the flow's outbox.
-type outboxEntry struct {
-	Stream  string `json:"stream"`
-	Subject string `json:"subject"`
-	MsgID   string `json:"msg_id"`
-	Data    []byte `json:"data"`
-}
-
-// publishOutbox publishes everything in the flow's outbox, in order, then
-// removes what was published. JetStream de-duplicates by message id, so a
-// republish after a crash delivers nothing twice.
-func (e *Engine) publishOutbox(ctx context.Context, flowID string) error {
-	entries, err := e.st.Outbox(ctx, flowID)
-	if err != nil || len(entries) == 0 {
-		return err
-	}
-	for i, raw := range entries {
-		var o outboxEntry
-		if err := json.Unmarshal(raw, &o); err != nil {
-			// Written by this package; unreadable means a bug. Keep going
-			// with the rest rather than blocking the flow forever.
-			e.log.Error("undecodable outbox entry dropped", "flow_id", flowID, "err", err)
-			continue
-		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := e.js.Publish(pctx, o.Subject, o.Data, jetstream.WithMsgID(o.MsgID))
-		cancel()
-		if err != nil {
-			if ackErr := e.st.AckOutbox(ctx, flowID, entries[:i]); ackErr != nil {
-				e.log.Warn("trim outbox", "flow_id", flowID, "err", ackErr)
-			}
-			return fmt.Errorf("publish %s for flow %s: %w", o.Subject, flowID, err)
-		}
-		e.m.published.WithLabelValues(o.Stream).Inc()
-	}
-	return e.st.AckOutbox(ctx, flowID, entries)
-}
-
-// HookBody is the native JSON body of a hook.
-type HookBody struct {
-	Type      string    `json:"type"`
-	Timestamp time.Time `json:"timestamp"`
-	Data      HookData  `json:"data"`
-}
-
-// HookData is the data of a native hook body.
-type HookData struct {
-	Flow        *flow.Flow       `json:"flow"`
-	Deployment  *flow.Deployment `json:"deployment,omitempty"`
-	Artifact    string           `json:"artifact"`
-	Service     string           `json:"service"`
-	Environment string           `json:"environment,omitempty"`
-}
-
-// render turns effects into outbox entries: jobs for agents, and one hook
-// request per webhook that subscribes to the hook's type and service. Ids
-// derive from (flow, event, effect index) so a replay renders the same ids.
-func (e *Engine) render(f *flow.Flow, effects []flow.Effect, eventID string, at time.Time) ([][]byte, error) {
-	var out [][]byte
-	add := func(o outboxEntry) error {
-		b, err := json.Marshal(o)
-		if err != nil {
-			return fmt.Errorf("encode outbox entry: %w", err)
-		}
-		out = append(out, b)
-		return nil
-	}
-	for i, ef := range effects {
-		switch ef.Kind {
-		case flow.EffectJob:
-			job, err := jobFor(f, ef, at)
-			if err != nil {
-				return nil, err
-			}
-			b, err := json.Marshal(job)
-			if err != nil {
-				return nil, fmt.Errorf("encode job: %w", err)
-			}
-			if err := add(outboxEntry{Stream: wire.StreamJobs, Subject: wire.JobSubject(ef.AgentID), MsgID: "job." + job.ID, Data: b}); err != nil {
-				return nil, err
-			}
-		case flow.EffectHook:
-			snap := ef.Snapshot.View()
-			data := HookData{Flow: snap, Artifact: snap.Artifact, Service: snap.Service}
-			if d := snap.Deployment(ef.DeploymentID); d != nil {
-				data.Deployment, data.Environment = d, d.Environment
-			}
-			body, err := json.Marshal(HookBody{Type: ef.Hook, Timestamp: at, Data: data})
-			if err != nil {
-				return nil, fmt.Errorf("encode hook body: %w", err)
-			}
-			for _, wh := range e.conf.Get().Webhooks {
-				if !wh.Wants(ef.Hook, f.Service) {
-					continue
-				}
-				id := hookID(f.ID, eventID, i, wh.Name)
-				req, err := json.Marshal(wire.HookRequest{ID: id, Webhook: wh.Name, Type: ef.Hook, Timestamp: at, FlowID: f.ID, Body: body})
-				if err != nil {
-					return nil, fmt.Errorf("encode hook request: %w", err)
-				}
-				if err := add(outboxEntry{Stream: wire.StreamHooks, Subject: wire.HookSubject(wh.Name), MsgID: "hook." + id, Data: req}); err != nil {
-					return nil, err
-				}
-			}
-		}
-	}
-	return out, nil
-}
-
-func hookID(flowID, eventID string, index int, webhook string) string {
-	h := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%d\x00%s", flowID, eventID, index, webhook))
-	return "msg_" + hex.EncodeToString(h[:16])
-}
-
-func jobFor(f *flow.Flow, ef flow.Effect, at time.Time) (wire.Job, error) {
-	var env *flow.EnvSpec
-	for i := range f.Deployments {
-		if f.Deployments[i].ID == ef.DeploymentID {
-			env = &f.Spec.Environments[i]
-		}
-	}
-	if env == nil || f.Spec == nil {
-		return wire.Job{}, fmt.Errorf("job for unknown deployment %s", ef.DeploymentID)
-	}
-	org, repo, _ := strings.Cut(f.Repository, "/")
-	return wire.Job{
-		ID: wire.JobID(ef.DeploymentID, ef.AgentID), Kind: wire.JobDeploy,
-		FlowID: f.ID, DeploymentID: ef.DeploymentID, AgentID: ef.AgentID,
-		Service: f.Service, Environment: env.Name, Org: org, Repo: repo,
-		GitURL: f.Spec.GitURL, Commit: f.Commit, Ref: f.Ref,
-		Command: f.Spec.Command, Shell: f.Spec.Shell, Env: env.Env, Secrets: f.Spec.Secrets,
-		Timeout: env.Timeout, CreatedAt: at,
-	}, nil
 }
 
 // heartbeat records an agent's announcement. Heartbeats are presence, not

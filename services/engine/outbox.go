@@ -1,0 +1,314 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/shanenoi/otariinae/pkg/flow"
+	"github.com/shanenoi/otariinae/pkg/wire"
+)
+
+// Outbox operations. Each is idempotent, so the outbox can be carried out
+// again after a crash.
+const (
+	opPublish   = "publish"   // a message to JOBS, HOOKS or EVENTS, by its id
+	opTimer     = "timer"     // schedule a timer
+	opSlot      = "slot"      // ask for an environment
+	opRelease   = "release"   // give an environment back
+	opSucceeded = "succeeded" // remember the version that succeeded in an environment
+	opCancel    = "cancel"    // mark jobs cancelled for their agents
+	opSupersede = "supersede" // tell older flows of the service to give way
+)
+
+// outboxEntry is one operation, written with the state in one Lua step.
+type outboxEntry struct {
+	Op           string            `json:"op"`
+	Subject      string            `json:"subject,omitempty"`
+	MsgID        string            `json:"msg_id,omitempty"`
+	Data         []byte            `json:"data,omitempty"`
+	FlowID       string            `json:"flow_id,omitempty"`
+	Service      string            `json:"service,omitempty"`
+	Environment  string            `json:"environment,omitempty"`
+	DeploymentID string            `json:"deployment_id,omitempty"`
+	Key          string            `json:"key,omitempty"`
+	At           time.Time         `json:"at,omitzero"`
+	JobIDs       []string          `json:"job_ids,omitempty"`
+	Version      string            `json:"version,omitempty"`
+	Reason       string            `json:"reason,omitempty"`
+	Last         *flow.LastSuccess `json:"last,omitempty"`
+}
+
+// HookBody is the native JSON body of a hook.
+type HookBody struct {
+	Type      string    `json:"type"`
+	Timestamp time.Time `json:"timestamp"`
+	Data      HookData  `json:"data"`
+}
+
+// HookData is the data of a native hook body.
+type HookData struct {
+	Flow        *flow.Flow       `json:"flow"`
+	Deployment  *flow.Deployment `json:"deployment,omitempty"`
+	Promotion   *flow.Promotion  `json:"promotion,omitempty"`
+	Artifact    string           `json:"artifact"`
+	Service     string           `json:"service"`
+	Environment string           `json:"environment,omitempty"`
+}
+
+// render turns effects into outbox entries. Ids derive from (flow, event,
+// effect index) so a replay renders the same ids.
+func (e *Engine) render(f *flow.Flow, effects []flow.Effect, eventID string, at time.Time) ([][]byte, error) {
+	var out [][]byte
+	add := func(o outboxEntry) error {
+		b, err := json.Marshal(o)
+		if err != nil {
+			return fmt.Errorf("encode outbox entry: %w", err)
+		}
+		out = append(out, b)
+		return nil
+	}
+	publish := func(subject, msgID string, v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w", subject, err)
+		}
+		return add(outboxEntry{Op: opPublish, Subject: subject, MsgID: msgID, Data: b})
+	}
+	for i, ef := range effects {
+		var err error
+		switch ef.Kind {
+		case flow.EffectJob:
+			job, jerr := jobFor(f, ef, at)
+			if jerr != nil {
+				return nil, jerr
+			}
+			err = publish(wire.JobSubject(ef.AgentID), "job."+job.ID, job)
+		case flow.EffectHook:
+			err = e.renderHook(f, ef, eventID, i, at, add)
+		case flow.EffectTimer:
+			err = add(outboxEntry{Op: opTimer, FlowID: f.ID, Key: ef.Key, At: ef.At})
+		case flow.EffectRequestSlot:
+			err = add(outboxEntry{Op: opSlot, FlowID: f.ID, Service: f.Service, Environment: ef.Environment, DeploymentID: ef.DeploymentID})
+		case flow.EffectReleaseSlot:
+			err = add(outboxEntry{Op: opRelease, FlowID: f.ID, Service: f.Service, Environment: ef.Environment, DeploymentID: ef.DeploymentID})
+		case flow.EffectSucceeded:
+			err = add(outboxEntry{Op: opSucceeded, Service: f.Service, Environment: ef.Environment, Last: &flow.LastSuccess{
+				Artifact: f.Artifact, Version: f.Version, Commit: f.Commit, Ref: f.Ref, FlowID: f.ID,
+			}})
+		case flow.EffectCancelJobs:
+			var ids []string
+			d := f.Deployment(ef.DeploymentID)
+			for _, a := range ef.AgentIDs {
+				ids = append(ids, wire.JobID(ef.DeploymentID, a))
+				if d != nil {
+					for _, p := range d.Promotions {
+						if p.Type == flow.PromotionScript && len(p.Jobs) > 0 {
+							ids = append(ids, wire.PromotionJobID(ef.DeploymentID, p.Name, a))
+						}
+					}
+				}
+			}
+			reason := "cancelled"
+			if d != nil && d.Reason != "" {
+				reason = d.Reason
+			}
+			err = add(outboxEntry{Op: opCancel, FlowID: f.ID, JobIDs: ids, Reason: reason})
+		case flow.EffectSupersede:
+			err = add(outboxEntry{Op: opSupersede, FlowID: f.ID, Service: f.Service, Version: f.Version, At: f.CreatedAt})
+		case flow.EffectCreateFlow:
+			err = publish(wire.SubjectInternal, "create."+ef.Create.FlowID, internalEvent{Kind: "create", FlowID: ef.Create.FlowID, Create: ef.Create})
+		default:
+			err = fmt.Errorf("unknown effect %q", ef.Kind)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (e *Engine) renderHook(f *flow.Flow, ef flow.Effect, eventID string, index int, at time.Time, add func(outboxEntry) error) error {
+	webhooks := e.conf.Get().Webhooks
+	wanted := false
+	for i := range webhooks {
+		wanted = wanted || webhooks[i].Wants(ef.Hook, f.Service)
+	}
+	if !wanted {
+		return nil // nobody listens: skip building the body
+	}
+	snap := ef.Snapshot.View()
+	data := HookData{Flow: snap, Artifact: snap.Artifact, Service: snap.Service}
+	if d := snap.Deployment(ef.DeploymentID); d != nil {
+		data.Deployment, data.Environment = d, d.Environment
+		if ef.Promotion != "" {
+			data.Promotion = d.Promotion(ef.Promotion)
+		}
+	}
+	body, err := json.Marshal(HookBody{Type: ef.Hook, Timestamp: at, Data: data})
+	if err != nil {
+		return fmt.Errorf("encode hook body: %w", err)
+	}
+	for i := range webhooks {
+		wh := &webhooks[i]
+		if !wh.Wants(ef.Hook, f.Service) {
+			continue
+		}
+		id := hookID(f.ID, eventID, index, wh.Name)
+		req, err := json.Marshal(wire.HookRequest{ID: id, Webhook: wh.Name, Type: ef.Hook, Timestamp: at, FlowID: f.ID, Body: body})
+		if err != nil {
+			return fmt.Errorf("encode hook request: %w", err)
+		}
+		if err := add(outboxEntry{Op: opPublish, Subject: wire.HookSubject(wh.Name), MsgID: "hook." + id, Data: req}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func hookID(flowID, eventID string, index int, webhook string) string {
+	h := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%d\x00%s", flowID, eventID, index, webhook))
+	return "msg_" + hex.EncodeToString(h[:16])
+}
+
+func jobFor(f *flow.Flow, ef flow.Effect, at time.Time) (wire.Job, error) {
+	var env *flow.EnvSpec
+	for i := range f.Deployments {
+		if f.Deployments[i].ID == ef.DeploymentID && f.Spec != nil {
+			env = &f.Spec.Environments[i]
+		}
+	}
+	if env == nil {
+		return wire.Job{}, fmt.Errorf("job for unknown deployment %s", ef.DeploymentID)
+	}
+	org, repo, _ := strings.Cut(f.Repository, "/")
+	job := wire.Job{
+		ID: wire.JobID(ef.DeploymentID, ef.AgentID), Kind: wire.JobDeploy,
+		FlowID: f.ID, DeploymentID: ef.DeploymentID, AgentID: ef.AgentID,
+		Service: f.Service, Environment: env.Name, Org: org, Repo: repo,
+		GitURL: f.Spec.GitURL, Commit: f.Commit, Ref: f.Ref,
+		Command: f.Spec.Command, Shell: f.Spec.Shell, Env: env.Env, Secrets: f.Spec.Secrets,
+		Timeout: env.Timeout, CreatedAt: at,
+	}
+	if ef.Promotion != "" {
+		var spec *flow.PromotionSpec
+		for i := range env.Promotions {
+			if env.Promotions[i].Name == ef.Promotion {
+				spec = &env.Promotions[i]
+			}
+		}
+		if spec == nil {
+			return wire.Job{}, fmt.Errorf("job for unknown promotion %s of %s", ef.Promotion, ef.DeploymentID)
+		}
+		job.ID = wire.PromotionJobID(ef.DeploymentID, ef.Promotion, ef.AgentID)
+		job.Kind, job.Promotion, job.Command = wire.JobPromotion, ef.Promotion, spec.Command
+		job.Timeout = spec.Timeout
+		if job.Timeout == 0 {
+			job.Timeout = flow.DefaultPromotionTimeout
+		}
+	}
+	return job, nil
+}
+
+// runOutbox carries out everything in the flow's outbox, in order, then
+// removes what was done. On an error the rest stays for the replay.
+func (e *Engine) runOutbox(ctx context.Context, flowID string) error {
+	entries, err := e.st.Outbox(ctx, flowID)
+	if err != nil || len(entries) == 0 {
+		return err
+	}
+	for i, raw := range entries {
+		var o outboxEntry
+		if err := json.Unmarshal(raw, &o); err != nil {
+			// Written by this package; unreadable means a bug. Keep going
+			// with the rest rather than blocking the flow forever.
+			e.log.Error("undecodable outbox entry dropped", "flow_id", flowID, "err", err)
+			continue
+		}
+		if err := e.do(ctx, o); err != nil {
+			if ackErr := e.st.AckOutbox(ctx, flowID, entries[:i]); ackErr != nil {
+				e.log.Warn("trim outbox", "flow_id", flowID, "err", ackErr)
+			}
+			return fmt.Errorf("outbox %s of flow %s: %w", o.Op, flowID, err)
+		}
+		e.m.published.WithLabelValues(o.Op).Inc()
+	}
+	return e.st.AckOutbox(ctx, flowID, entries)
+}
+
+func (e *Engine) publish(ctx context.Context, subject, msgID string, data []byte) error {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := e.js.Publish(pctx, subject, data, jetstream.WithMsgID(msgID))
+	return err
+}
+
+func (e *Engine) publishInternal(ctx context.Context, msgID string, ie internalEvent) error {
+	b, err := json.Marshal(ie)
+	if err != nil {
+		return err
+	}
+	return e.publish(ctx, wire.SubjectInternal, msgID, b)
+}
+
+// do carries out one outbox operation.
+func (e *Engine) do(ctx context.Context, o outboxEntry) error {
+	switch o.Op {
+	case opPublish:
+		return e.publish(ctx, o.Subject, o.MsgID, o.Data)
+	case opTimer:
+		return e.st.AddTimer(ctx, o.FlowID, o.Key, o.At)
+	case opSlot:
+		granted, err := e.st.RequestSlot(ctx, o.Service, o.Environment, o.DeploymentID)
+		if err != nil || !granted {
+			return err
+		}
+		return e.grant(ctx, o.DeploymentID)
+	case opRelease:
+		next, err := e.st.ReleaseSlot(ctx, o.Service, o.Environment, o.DeploymentID)
+		if err != nil || next == "" {
+			return err
+		}
+		return e.grant(ctx, next)
+	case opSucceeded:
+		return e.st.SetLastSucceeded(ctx, o.Service, o.Environment, *o.Last)
+	case opCancel:
+		for _, id := range o.JobIDs {
+			if _, err := e.cancels.Put(ctx, id, []byte(o.Reason)); err != nil {
+				return fmt.Errorf("cancel job %s: %w", id, err)
+			}
+		}
+		return nil
+	case opSupersede:
+		older, err := e.st.OlderActiveFlows(ctx, o.Service, o.At)
+		if err != nil {
+			return err
+		}
+		for _, old := range older {
+			if old == o.FlowID {
+				continue
+			}
+			ie := internalEvent{Kind: "supersede", FlowID: old, By: o.FlowID, Version: o.Version}
+			if err := e.publishInternal(ctx, "supersede."+old+"."+o.FlowID, ie); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown outbox operation %q", o.Op)
+}
+
+// grant tells a deployment's flow that its environment is free.
+func (e *Engine) grant(ctx context.Context, deploymentID string) error {
+	flowID, ok := flow.FlowIDOf(deploymentID)
+	if !ok {
+		return fmt.Errorf("grant to bad deployment id %q", deploymentID)
+	}
+	return e.publishInternal(ctx, "slot."+deploymentID, internalEvent{Kind: "slot", FlowID: flowID, DeploymentID: deploymentID})
+}
