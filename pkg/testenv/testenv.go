@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -67,13 +68,16 @@ func (n *NATS) Shutdown() {
 	}
 }
 
-// Restart starts the server again on the same port and store directory.
+// Restart starts the server again on the same port and store directory,
+// whether or not Shutdown was called first. The port comes from URL, which
+// outlives the server (a stopped server has no listener address).
 func (n *NATS) Restart(t testing.TB) {
 	t.Helper()
-	port := n.Server.Addr().(interface{ String() string }).String()
-	_, p, _ := strings.Cut(port, "127.0.0.1:")
-	var pn int
-	fmt.Sscanf(p, "%d", &pn)
+	i := strings.LastIndexByte(n.URL, ':')
+	pn, err := strconv.Atoi(n.URL[i+1:])
+	if i < 0 || err != nil {
+		t.Fatalf("nats restart: no port in %q", n.URL)
+	}
 	n.Shutdown()
 	n.start(t, pn)
 }

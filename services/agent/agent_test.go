@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,6 +111,7 @@ func TestDeployCommandForms(t *testing.T) {
 		"deploy.sh":         deployScript,
 		"scripts/nested.sh": "#!/bin/sh\necho nested \"$1\"\n",
 		"fail.sh":           "#!/bin/sh\necho about to fail\necho 'boom: it broke' >&2\nexit 3\n",
+		"daemon.sh":         "#!/bin/sh\nsleep 60 &\necho \"child=$!\"\necho started the daemon\n",
 		"long.sh":           "#!/bin/sh\nhead -c 150000 /dev/zero | tr '\\0' 'x'\nprintf 'crlf\\r\\nno newline at end'\n",
 	})
 	s.start()
@@ -120,6 +122,7 @@ func TestDeployCommandForms(t *testing.T) {
 		code          int
 		reason        string
 		want          []string
+		lines         int // stdout lines expected, when set
 	}{
 		{name: "relative", command: "./deploy.sh a", want: []string{"stdout: args=a"}},
 		{name: "nested-relative", command: "scripts/nested.sh b", want: []string{"stdout: nested b"}},
@@ -131,6 +134,9 @@ func TestDeployCommandForms(t *testing.T) {
 			want: []string{"stdout: about to fail", "stderr: boom: it broke", "system: exit status 3"}},
 		{name: "missing", command: "./nope.sh", code: -1, reason: "start deploy command",
 			want: []string{"system: start deploy command"}},
+		{name: "background-keeps-output", command: "./daemon.sh", want: []string{
+			"stdout: started the daemon\n", "system: a background process kept the output open", "system: exit status 0\n"}},
+		{name: "many-lines", command: "seq 1 20000", want: []string{"stdout: 1\n", "stdout: 20000\n"}, lines: 20000},
 		{name: "long-lines", command: "./long.sh", want: []string{
 			"stdout: " + strings.Repeat("x", maxLine) + "\n",
 			"stdout: " + strings.Repeat("x", 150000-2*maxLine) + "crlf\n",
@@ -143,9 +149,25 @@ func TestDeployCommandForms(t *testing.T) {
 		fin := s.report(j.ID, wire.JobFinished)
 		require.Equal(t, tc.code, *fin.ExitCode, "%s: reason %q", tc.name, fin.Reason)
 		require.Contains(t, fin.Reason, tc.reason, tc.name)
-		out := logText(s.logs(j.DeploymentID))
+		lines := s.logs(j.DeploymentID)
+		out := logText(lines)
 		for _, w := range tc.want {
 			require.Contains(t, out, w, tc.name)
+		}
+		if tc.lines > 0 {
+			n := 0
+			for _, l := range lines {
+				if l.Stream == streamStdout {
+					n++
+				}
+			}
+			require.Equal(t, tc.lines, n, "%s: every line stored, none dropped", tc.name)
+		}
+		if m := regexp.MustCompile(`stdout: child=(\d+)`).FindStringSubmatch(out); m != nil {
+			// A daemon left behind on purpose: the test cleans it up.
+			pid, err := strconv.Atoi(m[1])
+			require.NoError(t, err)
+			require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 		}
 	}
 }

@@ -57,17 +57,17 @@ func (g *gitRunner) run(ctx context.Context, display string, args ...string) err
 		return fmt.Errorf("find git: %w", err)
 	}
 	out := g.sink.writer(streamSystem)
-	cmd := &exec.Cmd{Path: path, Args: append([]string{"git"}, args...), Env: g.env, Stdout: out, Stderr: out}
-	stopped, err := runGroup(ctx, cmd, g.grace)
+	cmd := &exec.Cmd{Path: path, Args: append([]string{"git"}, args...), Env: g.env}
+	res := runGroup(ctx, cmd, g.grace, out, nil)
 	out.flush()
-	if stopped {
+	if res.stopped {
 		if errors.Is(context.Cause(ctx), errGitTimeout) {
 			return fmt.Errorf("git %s: timed out after %s", args[0], gitTimeout)
 		}
 		return fmt.Errorf("git %s: %w", gitVerb(args), context.Cause(ctx))
 	}
-	if err != nil {
-		return fmt.Errorf("git %s: %w", gitVerb(args), err)
+	if res.err != nil {
+		return fmt.Errorf("git %s: %w", gitVerb(args), res.err)
 	}
 	return nil
 }

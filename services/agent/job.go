@@ -98,25 +98,9 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
-	startedAt := time.Now()
-	if err := a.publishReport(ctx, a.report(job, wire.JobStarted, nil, "")); err != nil {
-		// Stopping before anything ran: hand the job back for the next start.
-		log.WarnContext(ctx, "job handed back before it started", "err", err)
-		_ = msg.Nak()
-		return
-	}
-	log.InfoContext(ctx, "job started")
-	a.running.Add(1)
-	a.m.running.Inc()
-	a.kickHeartbeat()
-	defer func() {
-		a.running.Add(-1)
-		a.m.running.Dec()
-		a.kickHeartbeat()
-	}()
-
 	// Tell the server every progressInterval that the job is still ours, so
-	// a deploy longer than AckWait is not redelivered to us.
+	// a deploy longer than AckWait (or a started report retried through a
+	// NATS outage) is not redelivered meanwhile.
 	progressStop := make(chan struct{})
 	var progressWG sync.WaitGroup
 	progressWG.Add(1)
@@ -140,6 +124,23 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		progressWG.Wait()
 	})
 	defer stopProgress()
+
+	startedAt := time.Now()
+	if err := a.publishReport(ctx, a.report(job, wire.JobStarted, nil, "")); err != nil {
+		// Stopping before anything ran: hand the job back for the next start.
+		log.WarnContext(ctx, "job handed back before it started", "err", err)
+		_ = msg.Nak()
+		return
+	}
+	log.InfoContext(ctx, "job started")
+	a.running.Add(1)
+	a.m.running.Inc()
+	a.kickHeartbeat()
+	defer func() {
+		a.running.Add(-1)
+		a.m.running.Dec()
+		a.kickHeartbeat()
+	}()
 
 	sink := &logSink{
 		js: a.js, subject: wire.LogSubject(job.DeploymentID, a.id), jobID: job.ID,
@@ -289,20 +290,17 @@ func (a *Agent) execute(ctx context.Context, job wire.Job, sink *logSink, log *s
 	defer cancel()
 
 	stdout, stderr := sink.writer(streamStdout), sink.writer(streamStderr)
-	cmd := &exec.Cmd{
-		Path: path, Args: argv, Dir: dir, Env: a.jobEnv(env, job),
-		Stdout: stdout, Stderr: stderr,
-	}
+	cmd := &exec.Cmd{Path: path, Args: argv, Dir: dir, Env: a.jobEnv(env, job)}
 	if job.Shell {
 		sink.system("$ /bin/sh -c %s", job.Command)
 	} else {
 		sink.system("$ %s", job.Command)
 	}
-	stopped, err := runGroup(cmdCtx, cmd, a.grace)
+	res := runGroup(cmdCtx, cmd, a.grace, stdout, stderr)
 	stdout.flush()
 	stderr.flush()
 
-	if stopped {
+	if res.stopped {
 		if errors.Is(context.Cause(cmdCtx), errJobTimeout) {
 			reason := fmt.Sprintf("timed out after %s", timeout)
 			sink.system("%s", reason)
@@ -310,11 +308,11 @@ func (a *Agent) execute(ctx context.Context, job wire.Job, sink *logSink, log *s
 		}
 		return stoppedBy(context.Cause(cmdCtx))
 	}
-	code, ran := exitCode(cmd, err)
+	code, ran := exitCode(cmd, res.err)
 	if !ran {
-		return stoppedBy(fmt.Errorf("start deploy command: %w", err))
+		return stoppedBy(fmt.Errorf("start deploy command: %w", res.err))
 	}
-	if errors.Is(err, exec.ErrWaitDelay) {
+	if res.abandoned {
 		sink.system("a background process kept the output open after the command exited; stopped reading it")
 	}
 	if code == -1 {

@@ -75,7 +75,10 @@ func (s *logSink) publish(stream string, line []byte) {
 	msg.Header.Set(wire.HeaderLogStream, stream)
 	msg.Header.Set(wire.HeaderJobID, s.jobID)
 	msg.Header.Set(wire.HeaderContentType, wire.ContentTypeTextLog)
-	if _, err := s.js.PublishMsgAsync(msg); err != nil {
+	// A command writing faster than JetStream stores is slowed down (its
+	// pipe fills while this blocks) rather than losing lines: the default
+	// stall wait of 200ms would drop them.
+	if _, err := s.js.PublishMsgAsync(msg, jetstream.WithStallWait(logFlushTimeout)); err != nil {
 		// Only the first failure is logged: a NATS outage would otherwise
 		// turn every output line into a log record.
 		if s.failed.Add(1) == 1 {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -27,37 +30,118 @@ func baseEnv() []string {
 	return env
 }
 
-// runGroup runs cmd in a process group of its own until it exits or ctx is
-// done. When ctx is done it sends SIGTERM to the whole group, waits grace,
-// then sends SIGKILL to the group. It reports whether the process was
-// stopped that way.
+// runResult is how a command run by runGroup ended.
+type runResult struct {
+	// stopped: ctx ended and the process group was signalled.
+	stopped bool
+	// abandoned: the command exited but something it started kept its
+	// output open, so reading stopped after the grace period.
+	abandoned bool
+	// err is cmd.Wait's error: nil, an *exec.ExitError, or a start error.
+	err error
+}
+
+// runGroup runs cmd in a process group of its own, copying its stdout to
+// stdout and its stderr to stderr (or also to stdout when stderr is nil),
+// until it exits or ctx is done. When ctx is done it sends SIGTERM to the
+// whole group, waits grace, then sends SIGKILL to the group.
 //
-// cmd.WaitDelay is set to grace too: a deploy script that leaves a daemon
-// holding its stdout open must not hold the job forever, so Wait stops
-// reading the pipes grace after the script itself exits.
-func runGroup(ctx context.Context, cmd *exec.Cmd, grace time.Duration) (stopped bool, err error) {
+// The output pipes are the agent's own rather than exec's: exec's
+// WaitDelay would throw away whatever is still buffered in a pipe when a
+// command exits faster than its output is published. Here, after the
+// command exits, reading goes on for as long as output keeps coming and
+// stops only once the pipes stay silent for grace (a daemon the deploy
+// script started may hold them open forever).
+func runGroup(ctx context.Context, cmd *exec.Cmd, grace time.Duration, stdout, stderr io.Writer) runResult {
+	if err := ctx.Err(); err != nil {
+		return runResult{stopped: true, err: err}
+	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setpgid = true
-	cmd.WaitDelay = grace
-	if err := ctx.Err(); err != nil {
-		return true, err
+
+	var (
+		readers  []*os.File
+		writers  []*os.File
+		copyTo   []io.Writer
+		closeAll = func(fs []*os.File) {
+			for _, f := range fs {
+				_ = f.Close()
+			}
+		}
+	)
+	for _, w := range []io.Writer{stdout, stderr} {
+		if w == nil {
+			continue
+		}
+		r, pw, err := os.Pipe()
+		if err != nil {
+			closeAll(readers)
+			closeAll(writers)
+			return runResult{err: fmt.Errorf("create output pipe: %w", err)}
+		}
+		readers, writers, copyTo = append(readers, r), append(writers, pw), append(copyTo, w)
 	}
-	if err := cmd.Start(); err != nil {
-		return false, err
+	cmd.Stdout, cmd.Stderr = writers[0], writers[0]
+	if len(writers) > 1 {
+		cmd.Stderr = writers[1]
 	}
+	err := cmd.Start()
+	// The child has its own copies; the agent must not hold the write ends,
+	// or the pipes would never reach EOF.
+	closeAll(writers)
+	if err != nil {
+		closeAll(readers)
+		return runResult{err: err}
+	}
+	defer closeAll(readers)
+
+	exited := make(chan struct{})
+	var pumps sync.WaitGroup
+	var abandoned atomic.Bool
+	for i, r := range readers {
+		pumps.Add(1)
+		go func() {
+			defer pumps.Done()
+			if pump(r, copyTo[i], exited, grace) {
+				abandoned.Store(true)
+			}
+		}()
+	}
+
+	res := runResult{}
 	pgid := cmd.Process.Pid // Setpgid with Pgid 0: the group id is the leader's pid
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
-	case err := <-done:
-		return false, err
+	case res.err = <-done:
 	case <-ctx.Done():
+		select {
+		case res.err = <-done: // it ended on its own just as ctx ended
+		default:
+			res.stopped = true
+			res.err = stopGroup(pgid, grace, done)
+		}
 	}
+	close(exited)
+	// Unblock reads waiting on silent pipes; every read after this sets a
+	// fresh deadline, so output still flowing is read to the end.
+	for _, r := range readers {
+		_ = r.SetReadDeadline(time.Now().Add(grace))
+	}
+	pumps.Wait()
+	res.abandoned = abandoned.Load()
+	return res
+}
+
+// stopGroup sends SIGTERM to the group, waits grace for the leader to exit,
+// sends SIGKILL to the group, and returns the leader's Wait error.
+func stopGroup(pgid int, grace time.Duration, done <-chan error) error {
 	_ = syscall.Kill(-pgid, syscall.SIGTERM)
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
+	var err error
 	select {
 	case err = <-done:
 	case <-timer.C:
@@ -68,7 +152,28 @@ func runGroup(ctx context.Context, cmd *exec.Cmd, grace time.Duration) (stopped 
 	// group id cannot be reused while any member is alive, so this cannot
 	// hit an unrelated process group.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	return true, err
+	return err
+}
+
+// pump copies r to w until EOF. Once exited is closed, each read waits at
+// most idle; pump reports whether it gave up that way (the pipe was still
+// open but silent).
+func pump(r *os.File, w io.Writer, exited <-chan struct{}, idle time.Duration) (abandoned bool) {
+	buf := make([]byte, 32<<10)
+	for {
+		select {
+		case <-exited:
+			_ = r.SetReadDeadline(time.Now().Add(idle))
+		default:
+		}
+		n, err := r.Read(buf)
+		if n > 0 {
+			_, _ = w.Write(buf[:n])
+		}
+		if err != nil {
+			return errors.Is(err, os.ErrDeadlineExceeded)
+		}
+	}
 }
 
 // exitCode returns the exit code of a command that ran, and whether err is
@@ -76,7 +181,7 @@ func runGroup(ctx context.Context, cmd *exec.Cmd, grace time.Duration) (stopped 
 func exitCode(cmd *exec.Cmd, err error) (int, bool) {
 	var ee *exec.ExitError
 	switch {
-	case err == nil, errors.Is(err, exec.ErrWaitDelay):
+	case err == nil:
 		if cmd.ProcessState != nil {
 			return cmd.ProcessState.ExitCode(), true
 		}
