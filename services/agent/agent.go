@@ -55,10 +55,11 @@ type Agent struct {
 	grace     time.Duration
 	version   string
 
-	nc  *nats.Conn
-	js  jetstream.JetStream
-	log *slog.Logger
-	m   *metrics
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	cancels jetstream.KeyValue // set by Run once JetStream answers
+	log     *slog.Logger
+	m       *metrics
 
 	running atomic.Int32
 	// kick asks the heartbeat loop for an immediate heartbeat (the state
@@ -158,6 +159,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("agent streams: %w", err)
 	}
+	kv, err := a.js.KeyValue(ctx, wire.BucketCancels)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("open bucket %s: %w", wire.BucketCancels, err)
+	}
+	a.cancels = kv
+	// An engine that starts asks the fleet to announce itself.
+	announce, err := a.nc.Subscribe(wire.SubjectAnnounce, func(*nats.Msg) { a.kickHeartbeat() })
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", wire.SubjectAnnounce, err)
+	}
+	defer func() { _ = announce.Unsubscribe() }()
 	cons, err := a.ensureConsumer(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -44,8 +44,10 @@ func validateJob(j wire.Job) error {
 	switch {
 	case !jobIDRE.MatchString(j.ID):
 		return bad("id %q must match [A-Za-z0-9._-]{1,256}", j.ID)
-	case j.Kind != "" && j.Kind != wire.JobDeploy:
+	case j.Kind != "" && j.Kind != wire.JobDeploy && j.Kind != wire.JobPromotion:
 		return bad("kind %q is not supported", j.Kind)
+	case j.Kind == wire.JobPromotion && !wire.ValidToken(j.Promotion):
+		return bad("promotion %q must match [A-Za-z0-9_-]{1,128}", j.Promotion)
 	case !wire.ValidToken(j.DeploymentID):
 		return bad("deployment_id %q must match [A-Za-z0-9_-]{1,128}", j.DeploymentID)
 	case !commitRE.MatchString(j.Commit):
@@ -125,6 +127,23 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	})
 	defer stopProgress()
 
+	// A job cancelled while it waited in line is not run at all.
+	if why, cancelled := a.cancelled(ctx, job.ID); cancelled {
+		log.InfoContext(ctx, "job cancelled before it started", "reason", why)
+		code := -1
+		rctx, cancelReport := afterDone(ctx, reportGrace, errAgentStopped)
+		defer cancelReport()
+		if err := a.publishReport(rctx, a.report(job, wire.JobFinished, &code, "cancelled: "+why)); err != nil {
+			log.Error("cancelled report not stored; the job will be redelivered", "err", err)
+			return
+		}
+		stopProgress()
+		if err := a.ack(rctx, msg); err != nil {
+			log.Error("ack job", "err", err)
+		}
+		return
+	}
+
 	startedAt := time.Now()
 	if err := a.publishReport(ctx, a.report(job, wire.JobStarted, nil, "")); err != nil {
 		// Stopping before anything ran: hand the job back for the next start.
@@ -149,7 +168,10 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	// The job may outlive a shutdown signal by the grace period, then it is
 	// stopped.
 	jobCtx, cancelJob := afterDone(ctx, a.grace, errAgentStopped)
+	// A cancel while the job runs stops it like a timeout would.
+	jobCtx, cancelWatch := a.watchCancel(jobCtx, job.ID, log)
 	code, reason := a.execute(jobCtx, job, sink, log)
+	cancelWatch()
 	cancelJob()
 
 	// Every log line is stored before the report says the job is over, so a
@@ -208,7 +230,7 @@ func (a *Agent) term(msg jetstream.Msg, reason string) {
 
 func (a *Agent) report(job wire.Job, state wire.JobState, code *int, reason string) wire.JobReport {
 	return wire.JobReport{
-		JobID: job.ID, FlowID: job.FlowID, DeploymentID: job.DeploymentID, AgentID: a.id,
+		JobID: job.ID, FlowID: job.FlowID, DeploymentID: job.DeploymentID, Promotion: job.Promotion, AgentID: a.id,
 		State: state, ExitCode: code, Reason: reason, At: time.Now().UTC(),
 	}
 }
@@ -261,6 +283,11 @@ func (a *Agent) execute(ctx context.Context, job wire.Job, sink *logSink, log *s
 		if errors.Is(context.Cause(ctx), errAgentStopped) {
 			sink.system("agent stopped")
 			return -1, errAgentStopped.Error()
+		}
+		var ce *cancelError
+		if errors.As(context.Cause(ctx), &ce) {
+			sink.system("%s", ce.Error())
+			return -1, ce.Error()
 		}
 		sink.system("%s", err.Error())
 		return -1, err.Error()
@@ -354,5 +381,6 @@ func (a *Agent) jobEnv(base []string, job wire.Job) []string {
 		"OTARIINAE_FLOW_ID="+job.FlowID,
 		"OTARIINAE_AGENT_ID="+a.id,
 		"OTARIINAE_JOB_ID="+job.ID,
+		"OTARIINAE_PROMOTION="+job.Promotion,
 	)
 }

@@ -233,6 +233,13 @@ func (e *Engine) Handle(ctx context.Context, msg jetstream.Msg) {
 	for _, t := range targets {
 		result, err := e.apply(ctx, t, at)
 		if err != nil {
+			if errors.Is(err, errPermanent) && errors.Is(err, flow.ErrNotFound) && meta.NumDelivered < notFoundRetries {
+				// An event can overtake the one that creates what it names
+				// (replicas apply concurrently): give it a few more tries.
+				e.m.events.WithLabelValues(kind, "retried").Inc()
+				_ = msg.NakWithDelay(time.Second)
+				return
+			}
 			if errors.Is(err, errPermanent) {
 				e.m.events.WithLabelValues(kind, "rejected").Inc()
 				e.log.Warn("event not applicable", "flow_id", t.flowID, "event_id", t.eventID, "err", err)
@@ -265,6 +272,10 @@ func eventKind(subject string) string {
 	}
 	return "other"
 }
+
+// notFoundRetries is how often an event naming a missing flow, deployment
+// or job is tried before it is dropped.
+const notFoundRetries = 5
 
 var (
 	errPermanent = errors.New("permanent")

@@ -58,11 +58,13 @@ type fixture struct {
 	log  func() *Engine
 }
 
-func setup(t *testing.T) *fixture {
+func setup(t *testing.T) *fixture { return setupWith(t, confYAML) }
+
+func setupWith(t *testing.T, yaml string) *fixture {
 	t.Helper()
 	n := testenv.StartNATS(t)
 	r := testenv.StartRedis(t)
-	conf, err := config.Parse(strings.NewReader(confYAML))
+	conf, err := config.Parse(strings.NewReader(yaml))
 	require.NoError(t, err)
 	fx := &fixture{nc: n.Conn(t), js: n.JetStream(t), st: store.New(r.Client, r.Prefix), conf: config.Static(conf)}
 	ctx := context.Background()
@@ -80,7 +82,7 @@ func setup(t *testing.T) *fixture {
 // newEngine returns an engine that is not running.
 func (fx *fixture) newEngine(t *testing.T) *Engine {
 	t.Helper()
-	e, err := New(Config{AgentLostAfter: time.Hour, AckWait: time.Second}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
+	e, err := New(Config{AgentLostAfter: time.Hour, AckWait: time.Second, TimerInterval: 50 * time.Millisecond}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
 	require.NoError(t, err)
 	return e
 }
