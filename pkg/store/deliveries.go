@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -51,7 +52,11 @@ var (
 
 // DeliveryState returns what ingest recorded for delivery id.
 func (s *Store) DeliveryState(ctx context.Context, id string) (DeliveryState, error) {
-	v, err := s.rdb.Get(ctx, s.keys.Delivery(id)).Result()
+	cmd, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder { return p.Get(ctx, s.keys.Delivery(id)) })
+	var v string
+	if err == nil {
+		v = cmd.(*redis.StringCmd).Val()
+	}
 	if errors.Is(err, redis.Nil) {
 		return DeliveryUnknown, nil
 	}
@@ -74,7 +79,10 @@ func (s *Store) DeliverySeen(ctx context.Context, id string) (bool, error) {
 // is a plain SET EX rather than SET NX: both writers of the same delivery
 // write the same value.
 func (s *Store) RecordDelivery(ctx context.Context, id string) error {
-	if err := s.rdb.Set(ctx, s.keys.Delivery(id), string(DeliveryPublished), DeliveryTTL).Err(); err != nil {
+	_, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
+		return p.Set(ctx, s.keys.Delivery(id), string(DeliveryPublished), DeliveryTTL)
+	})
+	if err != nil {
 		return fmt.Errorf("record delivery %s: %w", id, err)
 	}
 	return nil
@@ -84,7 +92,10 @@ func (s *Store) RecordDelivery(ctx context.Context, id string) error {
 // published (SET NX: it never downgrades a published record), so the
 // repair loop does not ask GitHub to redeliver it.
 func (s *Store) RecordIgnored(ctx context.Context, id string) error {
-	if err := s.rdb.SetNX(ctx, s.keys.Delivery(id), string(DeliveryIgnored), DeliveryTTL).Err(); err != nil {
+	_, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
+		return p.SetNX(ctx, s.keys.Delivery(id), string(DeliveryIgnored), DeliveryTTL)
+	})
+	if err != nil {
 		return fmt.Errorf("record ignored delivery %s: %w", id, err)
 	}
 	return nil
@@ -154,4 +165,86 @@ func (s *Store) ReleaseLease(ctx context.Context, name, token string) error {
 		return fmt.Errorf("release lease %s: %w", name, err)
 	}
 	return nil
+}
+
+// coalescer runs concurrent single-command calls as shared pipelines
+// (group commit): the first caller leads and sends the queue as one
+// pipeline; callers arriving meanwhile queue up, and when the pipeline
+// returns, the first of them leads the next one. Under load one round trip
+// serves many webhook deliveries; alone, a call costs what it did. No
+// goroutine of its own: a leader is always a caller.
+type coalescer struct {
+	rdb   redis.UniversalClient
+	mu    sync.Mutex
+	busy  bool
+	queue []*pipeOp
+}
+
+type pipeOp struct {
+	add  func(redis.Pipeliner) redis.Cmder
+	cmd  redis.Cmder
+	err  error
+	done chan struct{} // one signal: the result is in, or lead is set
+	lead bool
+}
+
+const (
+	maxBatch     = 512
+	batchTimeout = time.Second // under a Redis outage a delivery still answers within GitHub's 10s
+)
+
+// do queues one command and returns it once it ran.
+func (c *coalescer) do(ctx context.Context, add func(redis.Pipeliner) redis.Cmder) (redis.Cmder, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	op := &pipeOp{add: add, done: make(chan struct{}, 1)}
+	c.mu.Lock()
+	c.queue = append(c.queue, op)
+	if c.busy {
+		c.mu.Unlock()
+		// Never abandoned on ctx: this op may be handed the lead, and the
+		// pipeline it joins is bounded by batchTimeout.
+		<-op.done
+		if !op.lead {
+			return op.cmd, op.err
+		}
+		c.mu.Lock()
+	}
+	c.busy = true
+	n := min(len(c.queue), maxBatch)
+	batch := c.queue[:n:n]
+	c.queue = c.queue[n:]
+	c.mu.Unlock()
+
+	c.exec(batch, op)
+
+	c.mu.Lock()
+	if len(c.queue) == 0 {
+		c.busy = false
+		c.queue = nil
+	} else {
+		next := c.queue[0]
+		next.lead = true
+		next.done <- struct{}{}
+	}
+	c.mu.Unlock()
+	return op.cmd, op.err
+}
+
+// exec sends batch as one pipeline and hands every other caller its result.
+func (c *coalescer) exec(batch []*pipeOp, self *pipeOp) {
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	pipe := c.rdb.Pipeline()
+	for _, op := range batch {
+		op.cmd = op.add(pipe)
+	}
+	_, _ = pipe.Exec(ctx) // each command carries its own error
+	for _, op := range batch {
+		op.err = op.cmd.Err()
+		if op != self {
+			op.done <- struct{}{}
+		}
+	}
 }

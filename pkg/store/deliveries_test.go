@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -93,4 +94,49 @@ func TestDeliveries(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, ok)
 	})
+}
+
+// TestDeliveriesConcurrent drives the coalescer: many concurrent calls
+// share pipelines and each gets its own answer.
+func TestDeliveriesConcurrent(t *testing.T) {
+	t.Parallel()
+	r := testenv.StartRedis(t)
+	st := store.New(r.Client, r.Prefix)
+	ctx := context.Background()
+	const n = 300
+	errs := make(chan error, 2*n)
+	for i := range n {
+		go func() {
+			id := fmt.Sprintf("c%d", i)
+			if i%2 == 0 {
+				errs <- st.RecordDelivery(ctx, id)
+			} else {
+				errs <- st.RecordIgnored(ctx, id)
+			}
+		}()
+	}
+	for range n {
+		require.NoError(t, <-errs)
+	}
+	type answer struct {
+		i    int
+		seen bool
+		err  error
+	}
+	answers := make(chan answer, n)
+	for i := range n {
+		go func() {
+			seen, err := st.DeliverySeen(ctx, fmt.Sprintf("c%d", i))
+			answers <- answer{i, seen, err}
+		}()
+	}
+	for range n {
+		a := <-answers
+		require.NoError(t, a.err)
+		require.Equal(t, a.i%2 == 0, a.seen, "delivery c%d", a.i)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err := st.DeliverySeen(cancelled, "c0")
+	require.ErrorIs(t, err, context.Canceled)
 }

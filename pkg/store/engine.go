@@ -141,10 +141,25 @@ func (s *Store) LastSucceeded(ctx context.Context, service string) (map[string]f
 // before the given time.
 func (s *Store) OlderActiveFlows(ctx context.Context, service string, before time.Time) ([]string, error) {
 	ids, err := s.rdb.ZRangeByScore(ctx, s.keys.ServiceActive(service), &redis.ZRangeBy{
-		Min: "-inf", Max: "(" + strconv.FormatInt(before.UnixMilli(), 10),
+		Min: "-inf", Max: "(" + strconv.FormatInt(before.UnixMicro(), 10),
 	}).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read active flows of %s: %w", service, err)
 	}
 	return ids, nil
+}
+
+// NewestActiveFlow returns the newest in-progress flow of a service created
+// after the given time ("" when there is none).
+func (s *Store) NewestActiveFlow(ctx context.Context, service string, after time.Time) (string, error) {
+	ids, err := s.rdb.ZRevRangeByScore(ctx, s.keys.ServiceActive(service), &redis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(after.UnixMicro(), 10), Max: "+inf", Count: 1,
+	}).Result()
+	if err != nil {
+		return "", fmt.Errorf("read active flows of %s: %w", service, err)
+	}
+	if len(ids) == 0 {
+		return "", nil
+	}
+	return ids[0], nil
 }

@@ -66,13 +66,26 @@ func (s *Store) LoadFlow(ctx context.Context, flowID, eventID string) (Loaded, e
 	return out, nil
 }
 
+// Committed is the result of a successful Commit.
+type Committed struct {
+	Rev int64
+	// OutboxLen is the length of the outbox after the write: more than the
+	// entries written means older entries are still to be carried out.
+	OutboxLen int64
+}
+
 // Commit writes the flow, marks eventID applied and appends outbox entries,
 // atomically, if the flow is still at rev. It returns ErrConflict or
 // ErrAlreadyApplied when it wrote nothing.
-func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID string, outbox [][]byte) (int64, error) {
+//
+// With index, the flow's read indexes are written in the same round trip
+// (after the script, as plain idempotent commands: they live in other
+// cluster slots). They are written even if the commit loses; they then
+// describe the flow the winner wrote, which has the same id and time.
+func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID string, outbox [][]byte, index bool) (Committed, error) {
 	state, err := json.Marshal(f)
 	if err != nil {
-		return 0, fmt.Errorf("encode flow %s: %w", f.ID, err)
+		return Committed{}, fmt.Errorf("encode flow %s: %w", f.ID, err)
 	}
 	args := make([]any, 0, 3+len(outbox))
 	args = append(args, rev, state, eventID)
@@ -80,17 +93,35 @@ func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID str
 		args = append(args, o)
 	}
 	keys := []string{s.keys.Flow(f.ID), s.keys.Applied(f.ID), s.keys.Outbox(f.ID)}
-	n, err := commitScript.Run(ctx, s.rdb, keys, args...).Int64()
+	var cmd *redis.Cmd
+	if index {
+		pipe := s.rdb.Pipeline()
+		cmd = commitScript.EvalSha(ctx, pipe, keys, args...)
+		s.indexFlow(ctx, pipe, f)
+		if _, err := pipe.Exec(ctx); err != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			// The script cache is empty (a restarted Redis): load it once.
+			if err := commitScript.Load(ctx, s.rdb).Err(); err != nil {
+				return Committed{}, fmt.Errorf("load commit script: %w", err)
+			}
+			return s.Commit(ctx, f, rev, eventID, outbox, index)
+		}
+	} else {
+		cmd = commitScript.Run(ctx, s.rdb, keys, args...)
+	}
+	res, err := cmd.Int64Slice()
 	if err != nil {
-		return 0, fmt.Errorf("commit flow %s: %w", f.ID, err)
+		return Committed{}, fmt.Errorf("commit flow %s: %w", f.ID, err)
 	}
-	switch n {
+	if len(res) != 2 {
+		return Committed{}, fmt.Errorf("commit flow %s: unexpected answer %v", f.ID, res)
+	}
+	switch res[0] {
 	case -1:
-		return 0, ErrConflict
+		return Committed{}, ErrConflict
 	case -2:
-		return 0, ErrAlreadyApplied
+		return Committed{}, ErrAlreadyApplied
 	}
-	return n, nil
+	return Committed{Rev: res[0], OutboxLen: res[1]}, nil
 }
 
 // Outbox returns a flow's unpublished outbox entries, oldest first.
@@ -106,16 +137,26 @@ func (s *Store) Outbox(ctx context.Context, flowID string) ([][]byte, error) {
 	return out, nil
 }
 
-// AckOutbox removes published entries from the head of the outbox.
-func (s *Store) AckOutbox(ctx context.Context, flowID string, published [][]byte) error {
-	if len(published) == 0 {
+// AckOutbox removes done entries from the head of the outbox, and, when f
+// is not nil, indexes f in the same round trip.
+func (s *Store) AckOutbox(ctx context.Context, flowID string, done [][]byte, f *flow.Flow) error {
+	if len(done) == 0 && f == nil {
 		return nil
 	}
-	args := make([]any, len(published))
-	for i, p := range published {
-		args[i] = p
+	pipe := s.rdb.Pipeline()
+	if len(done) > 0 {
+		args := make([]any, len(done))
+		for i, p := range done {
+			args[i] = p
+		}
+		// EVAL, not EVALSHA: a pipeline cannot fall back when the script
+		// cache is empty (a restarted Redis), and the script is small.
+		outboxAckScript.Eval(ctx, pipe, []string{s.keys.Outbox(flowID)}, args...)
 	}
-	if err := outboxAckScript.Run(ctx, s.rdb, []string{s.keys.Outbox(flowID)}, args...).Err(); err != nil {
+	if f != nil {
+		s.indexFlow(ctx, pipe, f)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("ack outbox of %s: %w", flowID, err)
 	}
 	return nil
@@ -128,9 +169,17 @@ func RepoKey(repo string) string { return strings.ToLower(repo) }
 // of in-progress flows current. Idempotent: the engine calls it again when
 // it replays an event whose state write already landed.
 func (s *Store) IndexFlow(ctx context.Context, f *flow.Flow) error {
+	pipe := s.rdb.Pipeline()
+	s.indexFlow(ctx, pipe, f)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("index flow %s: %w", f.ID, err)
+	}
+	return nil
+}
+
+func (s *Store) indexFlow(ctx context.Context, pipe redis.Pipeliner, f *flow.Flow) {
 	score := float64(f.CreatedAt.UnixMilli())
 	repo := RepoKey(f.Repository)
-	pipe := s.rdb.Pipeline()
 	pipe.ZAddNX(ctx, s.keys.Flows(), redis.Z{Score: score, Member: f.ID})
 	pipe.ZAddNX(ctx, s.keys.ServiceFlows(f.Service), redis.Z{Score: score, Member: f.ID})
 	pipe.ZAddNX(ctx, s.keys.ArtifactVersions(strings.ToLower(f.Artifact)), redis.Z{Score: score, Member: f.Version})
@@ -141,12 +190,9 @@ func (s *Store) IndexFlow(ctx context.Context, f *flow.Flow) error {
 	if f.State.Terminal() {
 		pipe.ZRem(ctx, s.keys.ServiceActive(f.Service), f.ID)
 	} else {
-		pipe.ZAddNX(ctx, s.keys.ServiceActive(f.Service), redis.Z{Score: score, Member: f.ID})
+		// Microseconds: supersede orders flows of one burst of pushes.
+		pipe.ZAddNX(ctx, s.keys.ServiceActive(f.Service), redis.Z{Score: float64(f.CreatedAt.UnixMicro()), Member: f.ID})
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("index flow %s: %w", f.ID, err)
-	}
-	return nil
 }
 
 // GetFlow returns a flow, or ErrNotFound.

@@ -58,7 +58,7 @@ func (k Keys) EnvQueue(service, env string) string {
 }
 
 // ServiceActive is a sorted set of a service's in-progress flow ids scored
-// by creation time (ms): supersede looks here for older flows.
+// by creation time (µs): supersede looks here for older and newer flows.
 func (k Keys) ServiceActive(service string) string {
 	return k.Prefix + "service:{" + service + "}:active"
 }

@@ -17,11 +17,13 @@ import (
 type Store struct {
 	rdb  redis.UniversalClient
 	keys Keys
+	// batch coalesces the hot path's delivery reads and writes (deliveries.go).
+	batch *coalescer
 }
 
 // New returns a store using rdb with keys under prefix (e.g. "otariinae:").
 func New(rdb redis.UniversalClient, prefix string) *Store {
-	return &Store{rdb: rdb, keys: Keys{Prefix: prefix}}
+	return &Store{rdb: rdb, keys: Keys{Prefix: prefix}, batch: &coalescer{rdb: rdb}}
 }
 
 // Ping checks that Redis answers.

@@ -51,6 +51,14 @@ type Engine struct {
 	log     *slog.Logger
 	m       metrics
 	now     func() time.Time
+	// agents caches the online agents for agentsTTL; a heartbeat that this
+	// replica records clears it.
+	agentsMu sync.Mutex
+	agentsAt time.Time
+	agents   []flow.Agent
+
+	cache *flowCache
+
 	// afterCommitFunc, when set (tests only), runs between the state write
 	// and the outbox; an error there stands for a crash.
 	afterCommitFunc func() error
@@ -83,7 +91,7 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 	if cfg.TimerInterval <= 0 {
 		cfg.TimerInterval = time.Second
 	}
-	e := &Engine{cfg: cfg, nc: nc, js: js, st: st, conf: conf, log: log, now: time.Now}
+	e := &Engine{cfg: cfg, nc: nc, js: js, st: st, conf: conf, log: log, now: time.Now, cache: newFlowCache(10000)}
 	e.m = metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otariinae_engine_events_total", Help: "Events consumed, by kind and result (applied, duplicate, rejected, retried).",
@@ -292,19 +300,22 @@ const maxConflicts = 50
 // apply applies one event to one flow and carries out the outbox. It
 // returns "applied" or "duplicate".
 func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, error) {
-	result := "applied"
-	var final *flow.Flow
+	_, isCreate := t.event.(flow.CreateFlow)
 	for attempt := 0; ; attempt++ {
 		if attempt == maxConflicts {
 			return "", fmt.Errorf("flow %s: %d write conflicts in a row", t.flowID, attempt)
 		}
-		ld, err := e.st.LoadFlow(ctx, t.flowID, t.eventID)
-		if err != nil {
-			return "", err
+		ld, cached := e.cache.get(t.flowID)
+		if !cached || attempt > 0 {
+			var err error
+			if ld, err = e.st.LoadFlow(ctx, t.flowID, t.eventID); err != nil {
+				return "", err
+			}
 		}
-		if ld.Applied {
-			result = "duplicate"
-			break
+		if ld.Applied || (isCreate && ld.Flow != nil) {
+			// Written before (a redelivery, or a crash after the write):
+			// only the outbox may be left to carry out.
+			return "duplicate", e.replay(ctx, t.flowID, ld.Flow)
 		}
 		in, err := e.input(ctx, ld.Flow, t.event, at)
 		if err != nil {
@@ -312,54 +323,73 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		}
 		next, effects, err := flow.Apply(ld.Flow, t.event, in)
 		if err != nil {
+			if cached && attempt == 0 {
+				// Judge the event on the stored state, not on this
+				// replica's copy, which another replica may have outrun.
+				e.cache.drop(t.flowID)
+				continue
+			}
 			return "", permanent(err)
-		}
-		if ld.Flow != nil && len(effects) == 0 && next == ld.Flow {
-			result = "duplicate" // e.g. a second create of the same flow
-			break
 		}
 		outbox, err := e.render(next, effects, t.eventID, at)
 		if err != nil {
 			return "", permanent(err)
 		}
-		_, err = e.st.Commit(ctx, next, ld.Rev, t.eventID, outbox)
+		c, err := e.st.Commit(ctx, next, ld.Rev, t.eventID, outbox, isCreate)
 		if errors.Is(err, store.ErrConflict) {
-			e.m.conflicts.Inc()
+			if !cached || attempt > 0 {
+				e.m.conflicts.Inc()
+			}
+			e.cache.drop(t.flowID)
 			continue
 		}
 		if errors.Is(err, store.ErrAlreadyApplied) {
-			result = "duplicate"
-			break
+			e.cache.drop(t.flowID)
+			return "duplicate", e.replay(ctx, t.flowID, nil)
 		}
 		if err != nil {
+			e.cache.drop(t.flowID)
 			return "", err
 		}
+		e.cache.put(next, c.Rev)
 		if e.afterCommitFunc != nil {
 			if err := e.afterCommitFunc(); err != nil {
 				return "", err
 			}
 		}
-		final = next
-		break
-	}
-	// Indexes are kept outside the state write (they live in other cluster
-	// slots); they are idempotent and redone on a replay.
-	if _, isCreate := t.event.(flow.CreateFlow); isCreate || result == "duplicate" || (final != nil && final.State.Terminal()) {
-		f := final
-		if f == nil {
-			var err error
-			if f, err = e.st.GetFlow(ctx, t.flowID); err != nil {
-				if errors.Is(err, store.ErrNotFound) {
-					return result, nil // a duplicate of an event that created nothing
-				}
-				return "", err
-			}
+		// Indexes live in other cluster slots, so they are written after
+		// the state, with the outbox's acknowledgement; both are
+		// idempotent and redone on a replay.
+		// A create was indexed with its write (supersede finds flows
+		// through the index); a flow that ended leaves the active set.
+		var index *flow.Flow
+		if !isCreate && next.State.Terminal() {
+			index = next
 		}
-		if err := e.st.IndexFlow(ctx, f); err != nil {
-			return "", err
+		if c.OutboxLen > int64(len(outbox)) {
+			// An earlier writer's entries are still queued: carry out the
+			// whole outbox in order.
+			return "applied", e.replay(ctx, t.flowID, index)
 		}
+		return "applied", e.runOutbox(ctx, t.flowID, outbox, index)
 	}
-	return result, e.runOutbox(ctx, t.flowID)
+}
+
+// replay carries out whatever is left in a flow's outbox and re-indexes
+// the flow (read now when f is nil).
+func (e *Engine) replay(ctx context.Context, flowID string, f *flow.Flow) error {
+	if f == nil {
+		got, err := e.st.GetFlow(ctx, flowID)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		f = got
+	}
+	entries, err := e.st.Outbox(ctx, flowID)
+	if err != nil {
+		return err
+	}
+	return e.runOutbox(ctx, flowID, entries, f)
 }
 
 // input gathers what the model needs besides the event: the time, the
@@ -385,11 +415,24 @@ func (e *Engine) input(ctx context.Context, f *flow.Flow, ev flow.Event, at time
 	return in, nil
 }
 
+// agentsTTL bounds how stale the engine's view of the fleet may be. A
+// heartbeat to another replica is seen by this one within it.
+const agentsTTL = time.Second
+
 func (e *Engine) onlineAgents(ctx context.Context) ([]flow.Agent, error) {
-	recs, err := e.st.Agents(ctx, e.now(), e.cfg.AgentLostAfter)
+	now := e.now()
+	e.agentsMu.Lock()
+	if now.Sub(e.agentsAt) < agentsTTL {
+		agents := e.agents
+		e.agentsMu.Unlock()
+		return agents, nil
+	}
+	e.agentsMu.Unlock()
+	recs, err := e.st.Agents(ctx, now, e.cfg.AgentLostAfter)
 	if err != nil {
 		return nil, err
 	}
+
 	out := make([]flow.Agent, 0, len(recs))
 	for _, r := range recs {
 		if r.State == "lost" || r.State == "draining" {
@@ -397,6 +440,9 @@ func (e *Engine) onlineAgents(ctx context.Context) ([]flow.Agent, error) {
 		}
 		out = append(out, flow.Agent{ID: r.ID, Labels: r.Labels})
 	}
+	e.agentsMu.Lock()
+	e.agents, e.agentsAt = out, now
+	e.agentsMu.Unlock()
 	return out, nil
 }
 
@@ -422,5 +468,8 @@ func (e *Engine) heartbeat(m *nats.Msg) {
 		e.log.Warn("record heartbeat", "agent_id", hb.ID, "err", err)
 		return
 	}
+	e.agentsMu.Lock()
+	e.agentsAt = time.Time{}
+	e.agentsMu.Unlock()
 	e.m.heartbeat.Inc()
 }

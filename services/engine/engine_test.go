@@ -60,7 +60,7 @@ type fixture struct {
 
 func setup(t *testing.T) *fixture { return setupWith(t, confYAML) }
 
-func setupWith(t *testing.T, yaml string) *fixture {
+func setupWith(t testing.TB, yaml string) *fixture {
 	t.Helper()
 	n := testenv.StartNATS(t)
 	r := testenv.StartRedis(t)
@@ -80,7 +80,7 @@ func setupWith(t *testing.T, yaml string) *fixture {
 }
 
 // newEngine returns an engine that is not running.
-func (fx *fixture) newEngine(t *testing.T) *Engine {
+func (fx *fixture) newEngine(t testing.TB) *Engine {
 	t.Helper()
 	e, err := New(Config{AgentLostAfter: time.Hour, AckWait: time.Second, TimerInterval: 50 * time.Millisecond}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
 	require.NoError(t, err)
@@ -99,7 +99,7 @@ func runEngine(t *testing.T, e *Engine) {
 	})
 }
 
-func (fx *fixture) publishPush(t *testing.T, delivery, msgID, sha string) {
+func (fx *fixture) publishPush(t testing.TB, delivery, msgID, sha string) {
 	t.Helper()
 	msg := &nats.Msg{Subject: wire.GitHubSubject("push"), Data: testenv.PushPayload("acme/web", "refs/heads/main", sha), Header: nats.Header{}}
 	msg.Header.Set(wire.HeaderGitHubEvent, "push")

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shanenoi/otariinae/pkg/flow"
@@ -216,14 +217,26 @@ func jobFor(f *flow.Flow, ef flow.Effect, at time.Time) (wire.Job, error) {
 	return job, nil
 }
 
-// runOutbox carries out everything in the flow's outbox, in order, then
-// removes what was done. On an error the rest stays for the replay.
-func (e *Engine) runOutbox(ctx context.Context, flowID string) error {
-	entries, err := e.st.Outbox(ctx, flowID)
-	if err != nil || len(entries) == 0 {
-		return err
+// runOutbox carries out the flow's outbox entries, in order, then removes
+// them (and indexes f, when given, in the same round trip). Publishes go
+// out asynchronously and are all awaited before anything is removed. On an
+// error the entries stay for the replay.
+func (e *Engine) runOutbox(ctx context.Context, flowID string, entries [][]byte, f *flow.Flow) error {
+	var pending []jetstream.PubAckFuture
+	wait := func() error {
+		for _, p := range pending {
+			select {
+			case <-p.Ok():
+			case err := <-p.Err():
+				return fmt.Errorf("publish %s: %w", p.Msg().Subject, err)
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("publish %s: no ack in 5s", p.Msg().Subject)
+			}
+		}
+		pending = pending[:0]
+		return nil
 	}
-	for i, raw := range entries {
+	for _, raw := range entries {
 		var o outboxEntry
 		if err := json.Unmarshal(raw, &o); err != nil {
 			// Written by this package; unreadable means a bug. Keep going
@@ -231,15 +244,28 @@ func (e *Engine) runOutbox(ctx context.Context, flowID string) error {
 			e.log.Error("undecodable outbox entry dropped", "flow_id", flowID, "err", err)
 			continue
 		}
-		if err := e.do(ctx, o); err != nil {
-			if ackErr := e.st.AckOutbox(ctx, flowID, entries[:i]); ackErr != nil {
-				e.log.Warn("trim outbox", "flow_id", flowID, "err", ackErr)
+		if o.Op == opPublish {
+			p, err := e.js.PublishMsgAsync(&nats.Msg{Subject: o.Subject, Data: o.Data, Header: nats.Header{wire.HeaderMsgID: []string{o.MsgID}}})
+			if err != nil {
+				return fmt.Errorf("outbox publish of flow %s: %w", flowID, err)
 			}
+			pending = append(pending, p)
+			e.m.published.WithLabelValues(o.Op).Inc()
+			continue
+		}
+		// Other operations may depend on what was published before them.
+		if err := wait(); err != nil {
+			return fmt.Errorf("outbox of flow %s: %w", flowID, err)
+		}
+		if err := e.do(ctx, o); err != nil {
 			return fmt.Errorf("outbox %s of flow %s: %w", o.Op, flowID, err)
 		}
 		e.m.published.WithLabelValues(o.Op).Inc()
 	}
-	return e.st.AckOutbox(ctx, flowID, entries)
+	if err := wait(); err != nil {
+		return fmt.Errorf("outbox of flow %s: %w", flowID, err)
+	}
+	return e.st.AckOutbox(ctx, flowID, entries, f)
 }
 
 func (e *Engine) publish(ctx context.Context, subject, msgID string, data []byte) error {
@@ -260,8 +286,6 @@ func (e *Engine) publishInternal(ctx context.Context, msgID string, ie internalE
 // do carries out one outbox operation.
 func (e *Engine) do(ctx context.Context, o outboxEntry) error {
 	switch o.Op {
-	case opPublish:
-		return e.publish(ctx, o.Subject, o.MsgID, o.Data)
 	case opTimer:
 		return e.st.AddTimer(ctx, o.FlowID, o.Key, o.At)
 	case opSlot:
@@ -286,6 +310,11 @@ func (e *Engine) do(ctx context.Context, o outboxEntry) error {
 		}
 		return nil
 	case opSupersede:
+		// Both sides look: the new flow tells older ones to give way, and
+		// gives way itself if a newer one already exists. Each flow is
+		// indexed before it looks, so of two flows created at once at
+		// least one sees the other; the message ids make a notice sent by
+		// both sides count once.
 		older, err := e.st.OlderActiveFlows(ctx, o.Service, o.At)
 		if err != nil {
 			return err
@@ -299,7 +328,16 @@ func (e *Engine) do(ctx context.Context, o outboxEntry) error {
 				return err
 			}
 		}
-		return nil
+		newer, err := e.st.NewestActiveFlow(ctx, o.Service, o.At)
+		if err != nil || newer == "" || newer == o.FlowID {
+			return err
+		}
+		nf, err := e.st.GetFlow(ctx, newer)
+		if err != nil {
+			return err
+		}
+		ie := internalEvent{Kind: "supersede", FlowID: o.FlowID, By: newer, Version: nf.Version}
+		return e.publishInternal(ctx, "supersede."+o.FlowID+"."+newer, ie)
 	}
 	return fmt.Errorf("unknown outbox operation %q", o.Op)
 }

@@ -139,29 +139,34 @@ func (in *Ingest) commitDeployments(w http.ResponseWriter, r *http.Request) {
 
 // commitLog writes every job's output for a commit: deployments in
 // pipeline order, lines in the order agents published them, each prefixed
-// by "[environment agent]".
+// by "[environment agent]". ?environment= and ?agent= filter; ?follow=1
+// streams until the flows end (see follow.go).
 func (in *Ingest) commitLog(w http.ResponseWriter, r *http.Request) {
-	_, flows, ok := in.commitFlows(w, r)
+	filter, err := parseLogFilter(r)
+	if err != nil {
+		api.Error(w, api.CodeBadRequest, err.Error())
+		return
+	}
+	commit, flows, ok := in.commitFlows(w, r)
 	if !ok {
+		return
+	}
+	if !filter.matchesAny(flows) {
+		api.Error(w, api.CodeDeploymentNotFound, "commit "+commit+" has no deployment to environment "+filter.environment)
+		return
+	}
+	if follow, _ := strconv.ParseBool(r.URL.Query().Get("follow")); follow {
+		repo := chi.URLParam(r, "org") + "/" + chi.URLParam(r, "repo")
+		in.followLog(w, r, repo, commit, flows, filter)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	var buf strings.Builder
-	multi := len(flows) > 1
-	for _, f := range flows {
-		for _, d := range f.Deployments {
-			if d.State == flow.NotStarted {
-				continue
-			}
-			prefix := d.Environment
-			if multi {
-				prefix = f.Service + "/" + d.Environment
-			}
-			if err := in.readLog(ctx, d.ID, prefix, &buf); err != nil {
-				in.unavailable(w, "read logs", err)
-				return
-			}
+	for _, src := range logSources(flows, filter) {
+		if err := in.readLog(ctx, src, &buf); err != nil {
+			in.unavailable(w, "read logs", err)
+			return
 		}
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -171,13 +176,12 @@ func (in *Ingest) commitLog(w http.ResponseWriter, r *http.Request) {
 }
 
 // readLog appends one deployment's stored output to buf.
-func (in *Ingest) readLog(ctx context.Context, deploymentID, prefix string, buf *strings.Builder) error {
-	subject := wire.LogSubjectDeployment(deploymentID)
+func (in *Ingest) readLog(ctx context.Context, src logSource, buf *strings.Builder) error {
 	stream, err := in.js.Stream(ctx, wire.StreamLogs)
 	if err != nil {
 		return fmt.Errorf("logs stream: %w", err)
 	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(src.subject))
 	if err != nil {
 		return fmt.Errorf("logs stream info: %w", err)
 	}
@@ -188,7 +192,7 @@ func (in *Ingest) readLog(ctx context.Context, deploymentID, prefix string, buf 
 	if total == 0 {
 		return nil
 	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{src.subject}})
 	if err != nil {
 		return fmt.Errorf("read logs: %w", err)
 	}
@@ -202,8 +206,7 @@ func (in *Ingest) readLog(ctx context.Context, deploymentID, prefix string, buf 
 		n := uint64(0)
 		for msg := range batch.Messages() {
 			n++
-			agent := msg.Subject()[strings.LastIndexByte(msg.Subject(), '.')+1:]
-			fmt.Fprintf(buf, "[%s %s] %s\n", prefix, agent, strings.TrimRight(string(msg.Data()), "\n"))
+			buf.WriteString(formatLogLine(src.prefix, msg.Subject(), msg.Data()))
 		}
 		if err := batch.Error(); err != nil {
 			return fmt.Errorf("read logs: %w", err)

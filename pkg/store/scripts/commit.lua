@@ -9,19 +9,24 @@
 -- ARGV[3] event id
 -- ARGV[4..n] outbox entries, appended in order
 --
--- Returns the new rev (>= 1), -1 if the rev moved (a concurrent writer won:
--- reload and apply again), or -2 if the event was already applied.
+-- Returns {rev, outbox length}: the new rev (>= 1) and how many entries the
+-- outbox holds now (more than ARGV[4..n] means an earlier writer's entries
+-- are still there); {-1, 0} if the rev moved (a concurrent writer won:
+-- reload and apply again); {-2, 0} if the event was already applied.
 if redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 1 then
-  return -2
+  return {-2, 0}
 end
 local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
 if rev ~= tonumber(ARGV[1]) then
-  return -1
+  return {-1, 0}
 end
 rev = rev + 1
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'rev', rev)
 redis.call('SADD', KEYS[2], ARGV[3])
-for i = 4, #ARGV do
-  redis.call('RPUSH', KEYS[3], ARGV[i])
+local n = 0
+if #ARGV >= 4 then
+  n = redis.call('RPUSH', KEYS[3], unpack(ARGV, 4))
+else
+  n = redis.call('LLEN', KEYS[3])
 end
-return rev
+return {rev, n}

@@ -1,0 +1,345 @@
+package ingest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+)
+
+// errMalformed is any payload that is not one valid JSON object.
+var errMalformed = errors.New("not valid JSON")
+
+// maxJSONDepth matches encoding/json's nesting limit.
+const maxJSONDepth = 10000
+
+// scanFields validates payload as JSON in one pass and picks out the few
+// fields ingest routes on. It accepts exactly what json.Valid accepts
+// (when the top level is an object; FuzzScanFields checks it against
+// encoding/json), and fills f as json.Unmarshal would, but without
+// encoding/json's second pass and per-byte indirect calls: on an 8 KB
+// push this was half of ingest's CPU time (docs/performance.md).
+func scanFields(payload []byte) (hookFields, error) {
+	var f hookFields
+	var sha, headRef string
+	var pr bool
+	p := jsonScanner{b: payload}
+	top := func(key []byte) target {
+		switch {
+		case keyIs(key, "ref"):
+			return target{str: &f.Ref}
+		case keyIs(key, "after"):
+			return target{str: &f.After}
+		case keyIs(key, "deleted"):
+			return target{boolean: &f.Deleted}
+		case keyIs(key, "action"):
+			return target{str: &f.Action}
+		case keyIs(key, "pull_request"):
+			return target{present: &pr, obj: func(key []byte) target {
+				if keyIs(key, "head") {
+					return target{obj: func(key []byte) target {
+						switch {
+						case keyIs(key, "sha"):
+							return target{str: &sha}
+						case keyIs(key, "ref"):
+							return target{str: &headRef}
+						}
+						return target{}
+					}}
+				}
+				return target{}
+			}}
+		}
+		return target{}
+	}
+	p.ws()
+	if p.i >= len(p.b) || p.b[p.i] != '{' {
+		return f, errMalformed
+	}
+	if err := p.value(target{obj: top}, 0); err != nil {
+		return f, err
+	}
+	p.ws()
+	if p.i != len(p.b) {
+		return f, errMalformed
+	}
+	if pr {
+		f.PullRequest = &struct {
+			Head struct {
+				SHA string `json:"sha"`
+				Ref string `json:"ref"`
+			} `json:"head"`
+		}{}
+		f.PullRequest.Head.SHA, f.PullRequest.Head.Ref = sha, headRef
+	}
+	return f, nil
+}
+
+// keyIs compares an object key the way encoding/json matches struct
+// fields: exactly or ASCII case-insensitively.
+func keyIs(key []byte, name string) bool {
+	return len(key) == len(name) && (string(key) == name || bytes.EqualFold(key, []byte(name)))
+}
+
+// target says where a value goes: a string, a bool, an object whose keys
+// map to targets, or nowhere (validated and skipped). present is set when
+// the value is a non-null object.
+type target struct {
+	str     *string
+	boolean *bool
+	obj     func(key []byte) target
+	present *bool
+}
+
+type jsonScanner struct {
+	b []byte
+	i int
+}
+
+func (p *jsonScanner) ws() {
+	for p.i < len(p.b) {
+		switch p.b[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+// value parses one value at p.i into t.
+func (p *jsonScanner) value(t target, depth int) error {
+	p.ws()
+	if p.i >= len(p.b) {
+		return errMalformed
+	}
+	switch c := p.b[p.i]; {
+	case c == '{':
+		if depth >= maxJSONDepth {
+			return errMalformed
+		}
+		if t.str != nil || t.boolean != nil {
+			return errMalformed // an object where a string or bool belongs
+		}
+		if t.present != nil {
+			*t.present = true
+		}
+		return p.object(t.obj, depth+1)
+	case c == '[':
+		if depth >= maxJSONDepth || t.str != nil || t.boolean != nil || t.obj != nil {
+			return errMalformed
+		}
+		return p.array(depth + 1)
+	case c == '"':
+		if t.boolean != nil || t.obj != nil {
+			return errMalformed
+		}
+		start := p.i
+		escaped, err := p.string()
+		if err != nil {
+			return err
+		}
+		if t.str != nil {
+			raw := p.b[start+1 : p.i-1]
+			if !escaped {
+				*t.str = string(raw)
+			} else if err := json.Unmarshal(p.b[start:p.i], t.str); err != nil {
+				return errMalformed
+			}
+		}
+		return nil
+	case c == 't':
+		return p.literal("true", t, true)
+	case c == 'f':
+		return p.literal("false", t, false)
+	case c == 'n':
+		if !bytes.HasPrefix(p.b[p.i:], []byte("null")) {
+			return errMalformed
+		}
+		p.i += 4 // null leaves the target as it was, as in encoding/json
+		return nil
+	case c == '-' || (c >= '0' && c <= '9'):
+		if t.str != nil || t.boolean != nil || t.obj != nil {
+			return errMalformed
+		}
+		return p.number()
+	}
+	return errMalformed
+}
+
+func (p *jsonScanner) literal(word string, t target, v bool) error {
+	if !bytes.HasPrefix(p.b[p.i:], []byte(word)) {
+		return errMalformed
+	}
+	if t.str != nil || t.obj != nil {
+		return errMalformed
+	}
+	if t.boolean != nil {
+		*t.boolean = v
+	}
+	p.i += len(word)
+	return nil
+}
+
+func (p *jsonScanner) object(keys func([]byte) target, depth int) error {
+	p.i++ // {
+	p.ws()
+	if p.i < len(p.b) && p.b[p.i] == '}' {
+		p.i++
+		return nil
+	}
+	for {
+		p.ws()
+		if p.i >= len(p.b) || p.b[p.i] != '"' {
+			return errMalformed
+		}
+		start := p.i
+		escaped, err := p.string()
+		if err != nil {
+			return err
+		}
+		key := p.b[start+1 : p.i-1]
+		if escaped {
+			var s string
+			if json.Unmarshal(p.b[start:p.i], &s) != nil {
+				return errMalformed
+			}
+			key = []byte(s)
+		}
+		p.ws()
+		if p.i >= len(p.b) || p.b[p.i] != ':' {
+			return errMalformed
+		}
+		p.i++
+		var t target
+		if keys != nil {
+			t = keys(key)
+		}
+		if err := p.value(t, depth); err != nil {
+			return err
+		}
+		p.ws()
+		if p.i >= len(p.b) {
+			return errMalformed
+		}
+		switch p.b[p.i] {
+		case ',':
+			p.i++
+		case '}':
+			p.i++
+			return nil
+		default:
+			return errMalformed
+		}
+	}
+}
+
+func (p *jsonScanner) array(depth int) error {
+	p.i++ // [
+	p.ws()
+	if p.i < len(p.b) && p.b[p.i] == ']' {
+		p.i++
+		return nil
+	}
+	for {
+		if err := p.value(target{}, depth); err != nil {
+			return err
+		}
+		p.ws()
+		if p.i >= len(p.b) {
+			return errMalformed
+		}
+		switch p.b[p.i] {
+		case ',':
+			p.i++
+		case ']':
+			p.i++
+			return nil
+		default:
+			return errMalformed
+		}
+	}
+}
+
+// string moves past one string and reports whether it had escapes.
+func (p *jsonScanner) string() (bool, error) {
+	p.i++ // opening quote
+	escaped := false
+	for p.i < len(p.b) {
+		c := p.b[p.i]
+		switch {
+		case c == '"':
+			p.i++
+			return escaped, nil
+		case c == '\\':
+			escaped = true
+			if p.i+1 >= len(p.b) {
+				return false, errMalformed
+			}
+			switch p.b[p.i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				p.i += 2
+			case 'u':
+				if p.i+6 > len(p.b) {
+					return false, errMalformed
+				}
+				for _, h := range p.b[p.i+2 : p.i+6] {
+					if !isHex(h) {
+						return false, errMalformed
+					}
+				}
+				p.i += 6
+			default:
+				return false, errMalformed
+			}
+		case c < 0x20:
+			return false, errMalformed
+		default:
+			p.i++
+		}
+	}
+	return false, errMalformed
+}
+
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+func (p *jsonScanner) digits() int {
+	n := 0
+	for p.i < len(p.b) && p.b[p.i] >= '0' && p.b[p.i] <= '9' {
+		p.i++
+		n++
+	}
+	return n
+}
+
+// number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (p *jsonScanner) number() error {
+	if p.b[p.i] == '-' {
+		p.i++
+	}
+	if p.i >= len(p.b) {
+		return errMalformed
+	}
+	if p.b[p.i] == '0' {
+		p.i++
+	} else if p.digits() == 0 {
+		return errMalformed
+	}
+	if p.i < len(p.b) && p.b[p.i] == '.' {
+		p.i++
+		if p.digits() == 0 {
+			return errMalformed
+		}
+	}
+	if p.i < len(p.b) && (p.b[p.i] == 'e' || p.b[p.i] == 'E') {
+		p.i++
+		if p.i < len(p.b) && (p.b[p.i] == '+' || p.b[p.i] == '-') {
+			p.i++
+		}
+		if p.digits() == 0 {
+			return errMalformed
+		}
+	}
+	return nil
+}
