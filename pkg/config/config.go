@@ -9,11 +9,13 @@ package config
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"regexp"
 	"strings"
@@ -668,3 +670,22 @@ func (l *Live) Reload() (*Config, error) {
 
 // Path is the file the configuration is loaded from ("" for Static).
 func (l *Live) Path() string { return l.path }
+
+// ReloadOnSignal reloads l whenever one of the signals arrives on sigs,
+// until ctx ends, logging the outcome. An invalid file is logged and the
+// configuration in force stays.
+func (l *Live) ReloadOnSignal(ctx context.Context, sigs <-chan os.Signal, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sigs:
+			c, err := l.Reload()
+			if err != nil {
+				log.Error("config reload failed; the previous config stays in force", "path", l.path, "err", err)
+				continue
+			}
+			log.Info("config reloaded", "path", l.path, "services", len(c.Services), "webhooks", len(c.Webhooks))
+		}
+	}
+}

@@ -13,9 +13,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -166,7 +168,7 @@ func Run(ctx context.Context, cfg Config, opts Options, log *slog.Logger) error 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 5)
+	errs := make(chan error, 8)
 	run := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -178,7 +180,15 @@ func Run(ctx context.Context, cfg Config, opts Options, log *slog.Logger) error 
 		}()
 	}
 	run("http", func(ctx context.Context) error { return telemetry.Serve(ctx, ln, r, log) })
+	run("ingest", in.Run)
 	run("engine", eng.Run)
+	run("reload", func(ctx context.Context) error {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		conf.ReloadOnSignal(ctx, hup, log)
+		return nil
+	})
 	run("dispatcher", disp.Run)
 	run("agent", ag.Run)
 

@@ -251,3 +251,34 @@ func TestInvalidConfigStopsAtStart(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, string(out), "line 2: field webhoks not found")
 }
+
+// TestSIGHUPReloadsConfig changes the file under a running ingest and
+// signals it: a valid file takes effect, an invalid one is refused and the
+// config in force stays.
+func TestSIGHUPReloadsConfig(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	r := testenv.StartRedis(t)
+	confPath := filepath.Join(t.TempDir(), "otariinae.yaml")
+	svc := func(name string) string {
+		return fmt.Sprintf("  - name: %s\n    repository: acme/%s\n    branches: [main]\n    deploy: ./deploy.sh\n    pipeline:\n      - environment: staging\n        targets: {env: staging}\n", name, name)
+	}
+	require.NoError(t, os.WriteFile(confPath, []byte("services:\n"+svc("web")), 0o600))
+	ing := start(t, "ingest", "OTARIINAE_NATS_URL="+n.URL, "OTARIINAE_REDIS_URL="+r.URL, "OTARIINAE_REDIS_PREFIX="+r.Prefix, "OTARIINAE_CONFIG="+confPath)
+	api := ing.addr(t)
+	services := func() string {
+		code, b := get(t, api+"/api/v1/services")
+		require.Equal(t, http.StatusOK, code, "%s", b)
+		return string(b)
+	}
+	require.NotContains(t, services(), `"api"`)
+
+	require.NoError(t, os.WriteFile(confPath, []byte("services:\n"+svc("web")+svc("api")), 0o600))
+	require.NoError(t, ing.cmd.Process.Signal(syscall.SIGHUP))
+	testenv.Eventually(t, 20*time.Second, "service api after SIGHUP", func() bool { return strings.Contains(services(), `"api"`) })
+
+	require.NoError(t, os.WriteFile(confPath, []byte("services:\n  - name: BAD\n"), 0o600))
+	require.NoError(t, ing.cmd.Process.Signal(syscall.SIGHUP))
+	testenv.Eventually(t, 20*time.Second, "reload failure logged", func() bool { return strings.Contains(ing.log(), "config reload failed") })
+	require.Contains(t, services(), `"api"`, "the config in force stays")
+}

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go"
@@ -144,6 +147,14 @@ func serve(ctx context.Context, addr string, d *deps, mount func(chi.Router), lo
 	log.Info("serving", "http", "http://"+ln.Addr().String())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if d.conf != nil {
+		// SIGHUP reloads the config file; an invalid one is logged and
+		// the config in force stays.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go d.conf.ReloadOnSignal(ctx, hup, log)
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	wg.Add(1)
