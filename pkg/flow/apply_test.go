@@ -562,3 +562,26 @@ func TestRollback(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, effectsOf(effs, EffectCreateFlow))
 }
+
+// BenchmarkApply measures the pure state machine: a flow's whole life
+// (create, grant, two agents started and finished) per op.
+func BenchmarkApply(b *testing.B) {
+	c := create("staging")
+	stg := DeploymentID(c.FlowID, "staging")
+	evs := []Event{c, SlotGranted{DeploymentID: stg}, js(stg, "s1"), js(stg, "s2"), jf(stg, "s1", 0, ""), jf(stg, "s2", 0, "")}
+	b.ReportAllocs()
+	for b.Loop() {
+		var f *Flow
+		for i, ev := range evs {
+			var err error
+			f, _, err = Apply(f, ev, in(i))
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		if f.State != FlowSucceeded {
+			b.Fatal(f.State)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(evs)), "ns/event")
+}
