@@ -359,4 +359,5 @@ func TestEngineRecordsHeartbeats(t *testing.T) {
 	require.NotContains(t, ids, "h2")
 	require.NotContains(t, ids, "h3")
 }
+
 var benchWorkers = 8
