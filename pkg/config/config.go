@@ -373,7 +373,7 @@ func (c *Config) Validate() error {
 		}
 		for j, ev := range w.Events {
 			if !eventRE.MatchString(ev) || !matchesAny(ev) {
-				return ferr(fmt.Sprintf("%s.events[%d]", p, j), "%q matches no hook type; use *, flow.*, deployment.* or a type such as deployment.succeeded", ev)
+				return ferr(fmt.Sprintf("%s.events[%d]", p, j), "%q matches no hook type; use *, flow.*, deployment.*, promotion.* or a type such as deployment.succeeded", ev)
 			}
 		}
 		for j, sv := range w.Services {
@@ -479,6 +479,9 @@ func validatePromotions(ep string, ps []Promotion) error {
 		}
 		if pr.Type != "wait" && pr.Duration != 0 {
 			return ferr(pp+".duration", "only wait promotions have a duration (use timeout)")
+		}
+		if pr.Type == "wait" && pr.Timeout != 0 {
+			return ferr(pp+".timeout", "a wait promotion's duration is its limit; remove timeout")
 		}
 	}
 	return nil

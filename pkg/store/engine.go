@@ -37,7 +37,7 @@ func (s *Store) RequestSlot(ctx context.Context, service, env, deploymentID stri
 }
 
 // ReleaseSlot frees (service, env) from a deployment and returns the
-// deployment that holds it next ("" for none).
+// deployment that holds it next ("" for none); see slot_release.lua.
 func (s *Store) ReleaseSlot(ctx context.Context, service, env, deploymentID string) (string, error) {
 	next, err := slotReleaseScript.Run(ctx, s.rdb, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env)}, deploymentID).Text()
 	if errors.Is(err, redis.Nil) {

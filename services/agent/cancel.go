@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -13,8 +14,11 @@ import (
 type cancelError struct{ reason string }
 
 func (e *cancelError) Error() string {
-	if e.reason == "" {
+	switch {
+	case e.reason == "":
 		return "cancelled"
+	case strings.HasPrefix(e.reason, "cancelled"), strings.HasPrefix(e.reason, "superseded"):
+		return e.reason // the engine's reason says it already
 	}
 	return "cancelled: " + e.reason
 }

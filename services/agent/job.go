@@ -133,7 +133,10 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		code := -1
 		rctx, cancelReport := afterDone(ctx, reportGrace, errAgentStopped)
 		defer cancelReport()
-		if err := a.publishReport(rctx, a.report(job, wire.JobFinished, &code, "cancelled: "+why)); err != nil {
+		reason := (&cancelError{reason: why}).Error()
+		sink := &logSink{js: a.js, subject: wire.LogSubject(job.DeploymentID, a.id), jobID: job.ID, redact: newRedactor(job.Secrets, job.Env), log: log}
+		sink.system("%s: not run", reason)
+		if err := a.publishReport(rctx, a.report(job, wire.JobFinished, &code, reason)); err != nil {
 			log.Error("cancelled report not stored; the job will be redelivered", "err", err)
 			return
 		}

@@ -52,12 +52,25 @@ type system struct {
 	st     *store.Store
 	js     jetstream.JetStream
 	client *http.Client
+	token  string // sent on reads when set
 }
 
-func startDev(t *testing.T) *system {
+const defaultPipeline = `      - environment: staging
+        targets: {agent: local}
+        env: {OUT_DIR: %[1]q, GREETING: "hello world; $(touch /tmp/never)"}
+      - environment: production
+        targets: {agent: local}
+        env: {OUT_DIR: %[1]q}
+`
+
+func startDev(t *testing.T) *system { return startDevWith(t, defaultPipeline, "") }
+
+// startDevWith runs otariinae dev with the service's pipeline (a format
+// string given the output directory) and an admin API token.
+func startDevWith(t *testing.T, pipeline, token string) *system {
 	t.Helper()
 	r := testenv.StartRedis(t)
-	s := &system{repo: testenv.NewGitRepo(t), out: t.TempDir(), client: &http.Client{Timeout: 30 * time.Second}}
+	s := &system{repo: testenv.NewGitRepo(t), out: t.TempDir(), client: &http.Client{Timeout: 30 * time.Second}, token: token}
 	secret := config.NewSecret()
 	s.hooks = testenv.NewHookReceiver(t, secret)
 	confPath := filepath.Join(t.TempDir(), "otariinae.yaml")
@@ -69,18 +82,13 @@ services:
     branches: [main]
     deploy: ./deploy.sh --from-otariinae
     pipeline:
-      - environment: staging
-        targets: {agent: local}
-        env: {OUT_DIR: %q, GREETING: "hello world; $(touch /tmp/never)"}
-      - environment: production
-        targets: {agent: local}
-        env: {OUT_DIR: %q}
+%s
 webhooks:
   - name: test
     url: %s/hooks
     secret: %s
     events: ["*"]
-`, s.repo.URL(), s.out, s.out, s.hooks.URL, secret)
+`, s.repo.URL(), strings.TrimRight(fmt.Sprintf(pipeline, s.out), "\n"), s.hooks.URL, secret)
 	require.NoError(t, os.WriteFile(confPath, []byte(conf), 0o600))
 
 	cfg := dev.Config{
@@ -88,6 +96,7 @@ webhooks:
 		HTTPAddr: "127.0.0.1:0", ConfigFile: confPath,
 	}
 	cfg.IngestConfig.GitHubWebhookSecret = githubSecret
+	cfg.IngestConfig.APIToken = token
 	cfg.DispatcherConfig.HooksAllowNetworks = "127.0.0.0/8"
 	cfg.AgentConfig.HeartbeatInterval = 200 * time.Millisecond
 	cfg.AgentConfig.ShutdownGrace = 2 * time.Second
@@ -148,6 +157,9 @@ func (s *system) get(t *testing.T, path string) (int, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, s.addrs.HTTP+path, nil)
 	require.NoError(t, err)
+	if s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
+	}
 	return s.do(t, req)
 }
 
@@ -415,3 +427,105 @@ func hooksOf(hr *testenv.HookReceiver, flowID string) []testenv.Hook {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+const promotionPipeline = `      - environment: staging
+        targets: {agent: local}
+        env: {OUT_DIR: %[1]q}
+        promotions:
+          - {name: smoke, type: script, command: ./smoke.sh --staging, timeout: 1m}
+          - {name: release, type: manual}
+      - environment: production
+        targets: {agent: local}
+        env: {OUT_DIR: %[1]q}
+`
+
+const smokeScript = `#!/bin/sh
+echo "smoke $OTARIINAE_PROMOTION of $OTARIINAE_COMMIT args=$*"
+if [ -f smoke-fails ]; then echo "smoke failed" >&2; exit 7; fi
+`
+
+func (s *system) post(t *testing.T, path, token, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, s.addrs.HTTP+path, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return s.do(t, req)
+}
+
+// TestDevPromotions runs a two-environment pipeline whose staging is gated
+// by a script promotion and a manual approval through the API: one run
+// passes, one fails its smoke test.
+func TestDevPromotions(t *testing.T) {
+	const token = "s3cret-admin-token"
+	s := startDevWith(t, promotionPipeline, token)
+
+	t.Run("script passes, approval ships to production", func(t *testing.T) {
+		sha := s.repo.Commit("good", map[string]string{"deploy.sh": deployScript, "smoke.sh": smokeScript})
+		code, body := s.push(t, "main", sha)
+		require.Equal(t, http.StatusAccepted, code, "%s", body)
+		var f *flow.Flow
+		testenv.Eventually(t, 90*time.Second, "release awaiting approval", func() bool {
+			_, b := s.get(t, "/acme/web/deployments/"+sha)
+			var got ingest.CommitDeployments
+			if json.Unmarshal(b, &got) != nil || len(got.Flows) != 1 {
+				return false
+			}
+			f = got.Flows[0]
+			return f.Deployments[0].Promotions[1].State == flow.PromotionRunning
+		})
+		d := f.Deployments[0]
+		require.Equal(t, flow.Completed, d.State)
+		require.Equal(t, flow.PromotionPassed, d.Promotions[0].State)
+		require.Equal(t, "script", d.Promotions[0].Type)
+		require.Len(t, d.Promotions[0].Jobs, 1)
+		_, logBody := s.get(t, "/acme/web/deployments/"+sha+"/log")
+		require.Contains(t, string(logBody), "[staging local] smoke smoke of "+sha+" args=--staging")
+
+		// Writes need a token with write scope.
+		code, body = s.post(t, "/api/v1/deployments/"+d.ID+"/promotions/release/approve", "", `{}`)
+		require.Equal(t, http.StatusUnauthorized, code, "%s", body)
+		code, body = s.post(t, "/api/v1/deployments/"+d.ID+"/promotions/release/approve", token, `{"reason": "ship it"}`)
+		require.Equal(t, http.StatusAccepted, code, "%s", body)
+
+		f = s.waitFlow(t, sha)
+		require.Equal(t, flow.FlowSucceeded, f.State)
+		rel := f.Deployments[0].Promotions[1]
+		require.Equal(t, flow.PromotionPassed, rel.State)
+		require.Equal(t, "env", rel.By, "who approved: the token's name")
+		require.Equal(t, "ship it", rel.Reason)
+		require.Equal(t, flow.Succeeded, f.Deployments[1].State)
+
+		testenv.Eventually(t, 30*time.Second, "promotion hooks", func() bool {
+			n := 0
+			for _, h := range hooksOf(s.hooks, f.ID) {
+				if strings.HasPrefix(h.Type, "promotion.") {
+					n++
+					require.Contains(t, h.Data, "promotion")
+				}
+			}
+			return n == 4 // smoke and release: started, passed
+		})
+
+		// Approving again is a conflict: the promotion is no longer running.
+		code, body = s.post(t, "/api/v1/deployments/"+d.ID+"/promotions/release/approve", token, `{}`)
+		require.Equal(t, http.StatusConflict, code, "%s", body)
+		require.Equal(t, "conflict", errorCode(t, body))
+	})
+
+	t.Run("a failing script fails the flow before production", func(t *testing.T) {
+		sha := s.repo.Commit("bad smoke", map[string]string{"smoke-fails": "1"})
+		code, body := s.push(t, "main", sha)
+		require.Equal(t, http.StatusAccepted, code, "%s", body)
+		f := s.waitFlow(t, sha)
+		require.Equal(t, flow.FlowFailed, f.State)
+		d := f.Deployments[0]
+		require.Equal(t, flow.Failed, d.State)
+		require.Equal(t, flow.PromotionFailed, d.Promotions[0].State)
+		require.Equal(t, flow.PromotionPending, d.Promotions[1].State)
+		require.Contains(t, d.Reason, "promotion smoke failed")
+		require.Equal(t, flow.NotStarted, f.Deployments[1].State)
+	})
+}

@@ -78,11 +78,12 @@ func TestEnginePromotionsEndToEnd(t *testing.T) {
 	// The script promotion's jobs went to the deployment's agents.
 	s, err := fx.js.Stream(context.Background(), wire.StreamJobs)
 	require.NoError(t, err)
-	raw, err := s.GetLastMsgForSubject(context.Background(), wire.JobSubject("s2"))
-	require.NoError(t, err)
+	// The state is written before the outbox is carried out: wait for it.
 	var job wire.Job
-	require.NoError(t, json.Unmarshal(raw.Data, &job))
-	require.Equal(t, wire.JobPromotion, job.Kind)
+	testenv.Eventually(t, 20*time.Second, "script promotion job published", func() bool {
+		raw, err := s.GetLastMsgForSubject(context.Background(), wire.JobSubject("s2"))
+		return err == nil && json.Unmarshal(raw.Data, &job) == nil && job.Kind == wire.JobPromotion
+	})
 	require.Equal(t, "smoke", job.Promotion)
 	require.Equal(t, "./smoke.sh --quick", job.Command)
 	require.Equal(t, shaN(0), job.Commit)

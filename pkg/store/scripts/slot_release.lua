@@ -6,11 +6,15 @@
 -- KEYS[2] queue (list: deployment ids waiting, oldest first)
 -- ARGV[1] deployment id
 --
--- Returns the deployment id that now holds the environment because of this
--- release, or false. Idempotent: releasing twice grants nothing twice.
+-- Returns the deployment id that holds the environment after this release
+-- (false for none). When the releasing deployment no longer held it (a
+-- replay after a crash), that is whoever holds it now: the caller grants it
+-- again, which its flow ignores if it already runs. So a crash between this
+-- script and the grant never leaves the next deployment waiting for ever.
 redis.call('LREM', KEYS[2], 0, ARGV[1])
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return false
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] then
+  return holder
 end
 local nxt = redis.call('LPOP', KEYS[2])
 if nxt then
