@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -171,9 +172,59 @@ func Parse(r io.Reader) (*Config, error) {
 		return nil, err
 	}
 	if err := cfg.Validate(); err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			var root yaml.Node
+			if yaml.Unmarshal(b, &root) == nil {
+				fe.Line = lineOf(&root, fe.Field)
+			}
+		}
 		return nil, err
 	}
 	return &cfg, nil
+}
+
+var annotationRE = regexp.MustCompile(` \([^)]*\)`)
+
+// lineOf finds the line of a field path such as
+// "services[0] (web).pipeline[1].targets" in a parsed document: the line of
+// the deepest part of the path that exists (0 when none does).
+func lineOf(root *yaml.Node, field string) int {
+	n := root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := 0
+	for _, part := range strings.Split(annotationRE.ReplaceAllString(field, ""), ".") {
+		name, idx, hasIdx := part, 0, false
+		if i := strings.IndexByte(part, '['); i > 0 && strings.HasSuffix(part, "]") {
+			if v, err := strconv.Atoi(part[i+1 : len(part)-1]); err == nil {
+				name, idx, hasIdx = part[:i], v, true
+			}
+		}
+		if n.Kind != yaml.MappingNode {
+			return line
+		}
+		var val *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == name {
+				line, val = n.Content[i].Line, n.Content[i+1]
+				break
+			}
+		}
+		if val == nil {
+			return line
+		}
+		n = val
+		if hasIdx {
+			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
+				return line
+			}
+			n = n.Content[idx]
+			line = n.Line
+		}
+	}
+	return line
 }
 
 var (
@@ -248,13 +299,20 @@ func (c *Config) defaults() error {
 	return nil
 }
 
-// FieldError is a validation error naming the offending field.
+// FieldError is a validation error naming the offending field, and its
+// line when the config was parsed from a file.
 type FieldError struct {
 	Field   string
 	Message string
+	Line    int
 }
 
-func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+func (e *FieldError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("line %d: %s: %s", e.Line, e.Field, e.Message)
+	}
+	return e.Field + ": " + e.Message
+}
 
 func ferr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}

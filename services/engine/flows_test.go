@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shanenoi/otariinae/pkg/flow"
+	"github.com/shanenoi/otariinae/pkg/store"
 	"github.com/shanenoi/otariinae/pkg/testenv"
 	"github.com/shanenoi/otariinae/pkg/wire"
 )
@@ -312,4 +314,68 @@ func TestEngineReplicasAgree(t *testing.T) {
 	require.EqualValues(t, flows*2+6, sJobs)
 	require.Equal(t, sJobs, pJobs)
 	require.Equal(t, sHooks, pHooks)
+}
+
+func (fx *fixture) publishGitHub(t *testing.T, typ, delivery string, body []byte) {
+	t.Helper()
+	msg := &nats.Msg{Subject: wire.GitHubSubject(typ), Data: body, Header: nats.Header{}}
+	msg.Header.Set(wire.HeaderGitHubEvent, typ)
+	msg.Header.Set(wire.HeaderDelivery, delivery)
+	msg.Header.Set(wire.HeaderRepository, "acme/web")
+	_, err := fx.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID(delivery))
+	require.NoError(t, err)
+}
+
+func TestEngineTagsPullRequestsAndArtifacts(t *testing.T) {
+	t.Parallel()
+	yaml := strings.Replace(fmt.Sprintf(confYAML2, false), "    branches: [main]\n", "    branches: [main]\n    tags: true\n    pull_requests: true\n", 1)
+	fx := setupWith(t, yaml)
+	runEngine(t, fx.newEngine(t))
+
+	fx.publishGitHub(t, "push", "d-tag", testenv.PushPayload("acme/web", "refs/tags/v1.2.0", shaN(7)))
+	tag := fx.waitState(t, flow.FlowID("acme:web", "v1.2.0", "web"), flow.FlowInProgress, flow.Created)
+	require.Equal(t, "v1.2.0", tag.Version)
+	require.Equal(t, shaN(7), tag.Commit)
+	require.Equal(t, "refs/tags/v1.2.0", tag.Ref)
+	require.Equal(t, "v1.2.0", tag.Metadata["tag"])
+
+	pr := fmt.Sprintf(`{"action":"synchronize","number":42,"pull_request":{"number":42,"head":{"sha":%q,"ref":"feature/x"},"base":{"ref":"main"}},"repository":{"full_name":"acme/web"}}`, shaN(8))
+	fx.publishGitHub(t, "pull_request", "d-pr", []byte(pr))
+	f := fx.waitState(t, flow.FlowID("acme:web", shaN(8), "web"), flow.FlowInProgress, flow.NotStarted)
+	require.Equal(t, "refs/pull/42/head", f.Ref)
+	require.Equal(t, map[string]string{"pull_request": "42", "head_ref": "feature/x", "base_ref": "main"}, f.Metadata)
+
+	// A closed pull request deploys nothing.
+	closed := strings.Replace(pr, "synchronize", "closed", 1)
+	closed = strings.Replace(closed, shaN(8), shaN(9), 1)
+	fx.publishGitHub(t, "pull_request", "d-pr-closed", []byte(closed))
+
+	// CI posts an artifact through the API.
+	b, _ := json.Marshal(wire.ArtifactCreated{EventID: "ci-1", Artifact: "acme:web", Version: "build-77", Commit: shaN(10), Ref: "refs/heads/main", Metadata: map[string]string{"ci": "77"}})
+	_, err := fx.js.Publish(context.Background(), wire.SubjectArtifact, b, jetstream.WithMsgID("ci-1"))
+	require.NoError(t, err)
+	a := fx.waitState(t, flow.FlowID("acme:web", "build-77", "web"), flow.FlowInProgress)
+	require.Equal(t, shaN(10), a.Commit)
+	require.Equal(t, "acme/web", a.Repository)
+	require.Equal(t, "77", a.Metadata["ci"])
+
+	fx.waitIdle(t)
+	_, err = fx.st.GetFlow(context.Background(), flow.FlowID("acme:web", shaN(9), "web"))
+	require.ErrorIs(t, err, store.ErrNotFound)
+}
+
+func TestEngineRedeployTrigger(t *testing.T) {
+	t.Parallel()
+	fx := setupWith(t, fmt.Sprintf(confYAML2, false))
+	runEngine(t, fx.newEngine(t))
+	id := flowOf(0)
+	fx.publishPush(t, "d-0", "d-0", shaN(0))
+	fx.waitState(t, id, flow.FlowInProgress, flow.Created)
+	fx.report(t, id, "staging", "s1", wire.JobFinished, 1)
+	fx.waitState(t, id, flow.FlowFailed)
+	fx.trigger(t, wire.Trigger{EventID: "r-1", Kind: wire.TriggerRedeploy, FlowID: id, By: "alice"})
+	re := fx.waitState(t, flow.RedeployFlowID("r-1"), flow.FlowInProgress, flow.Created)
+	require.Equal(t, id, re.RedeployOf)
+	require.Equal(t, shaN(0), re.Commit)
+	require.Len(t, re.Deployments, 2)
 }
