@@ -44,12 +44,18 @@ type Loaded struct {
 
 // LoadFlow reads a flow, its revision, and whether eventID was applied.
 func (s *Store) LoadFlow(ctx context.Context, flowID, eventID string) (Loaded, error) {
-	pipe := s.rdb.Pipeline()
-	hget := pipe.HMGet(ctx, s.keys.Flow(flowID), "state", "rev")
-	applied := pipe.SIsMember(ctx, s.keys.Applied(flowID), eventID)
-	if _, err := pipe.Exec(ctx); err != nil {
+	var applied *redis.BoolCmd
+	c, err := s.batch.do(ctx, func(pipe redis.Pipeliner) redis.Cmder {
+		applied = pipe.SIsMember(ctx, s.keys.Applied(flowID), eventID)
+		return pipe.HMGet(ctx, s.keys.Flow(flowID), "state", "rev")
+	})
+	if err == nil {
+		err = applied.Err()
+	}
+	if err != nil {
 		return Loaded{}, fmt.Errorf("load flow %s: %w", flowID, err)
 	}
+	hget := c.(*redis.SliceCmd)
 	out := Loaded{Applied: applied.Val()}
 	vals := hget.Val()
 	if len(vals) == 2 && vals[0] != nil {
@@ -93,21 +99,32 @@ func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID str
 		args = append(args, o)
 	}
 	keys := []string{s.keys.Flow(f.ID), s.keys.Applied(f.ID), s.keys.Outbox(f.ID)}
-	var cmd *redis.Cmd
-	if index {
-		pipe := s.rdb.Pipeline()
-		cmd = commitScript.EvalSha(ctx, pipe, keys, args...)
-		s.indexFlow(ctx, pipe, f)
-		if _, err := pipe.Exec(ctx); err != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			// The script cache is empty (a restarted Redis): load it once.
-			if err := commitScript.Load(ctx, s.rdb).Err(); err != nil {
-				return Committed{}, fmt.Errorf("load commit script: %w", err)
-			}
-			return s.Commit(ctx, f, rev, eventID, outbox, index)
+	// Concurrent commits of different flows share round trips (group
+	// commit); the index commands ride in the same pipeline.
+	var index1 []redis.Cmder
+	c, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
+		cmd := commitScript.EvalSha(ctx, p, keys, args...)
+		if index {
+			index1 = s.indexFlow(ctx, p, f)
 		}
-	} else {
-		cmd = commitScript.Run(ctx, s.rdb, keys, args...)
+		return cmd
+	})
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// The script cache is empty (a restarted Redis): load it once.
+		if err := commitScript.Load(ctx, s.rdb).Err(); err != nil {
+			return Committed{}, fmt.Errorf("load commit script: %w", err)
+		}
+		return s.Commit(ctx, f, rev, eventID, outbox, index)
 	}
+	for _, ic := range index1 {
+		if ic.Err() != nil && err == nil {
+			err = ic.Err()
+		}
+	}
+	if err != nil {
+		return Committed{}, fmt.Errorf("commit flow %s: %w", f.ID, err)
+	}
+	cmd := c.(*redis.Cmd)
 	res, err := cmd.Int64Slice()
 	if err != nil {
 		return Committed{}, fmt.Errorf("commit flow %s: %w", f.ID, err)
@@ -143,20 +160,30 @@ func (s *Store) AckOutbox(ctx context.Context, flowID string, done [][]byte, f *
 	if len(done) == 0 && f == nil {
 		return nil
 	}
-	pipe := s.rdb.Pipeline()
-	if len(done) > 0 {
-		args := make([]any, len(done))
-		for i, p := range done {
-			args[i] = p
+	var cmds []redis.Cmder
+	_, err := s.batch.do(ctx, func(pipe redis.Pipeliner) redis.Cmder {
+		cmds = cmds[:0]
+		if len(done) > 0 {
+			args := make([]any, len(done))
+			for i, p := range done {
+				args[i] = p
+			}
+			// EVAL, not EVALSHA: a pipeline cannot fall back when the
+			// script cache is empty (a restarted Redis), and the script is
+			// small.
+			cmds = append(cmds, outboxAckScript.Eval(ctx, pipe, []string{s.keys.Outbox(flowID)}, args...))
 		}
-		// EVAL, not EVALSHA: a pipeline cannot fall back when the script
-		// cache is empty (a restarted Redis), and the script is small.
-		outboxAckScript.Eval(ctx, pipe, []string{s.keys.Outbox(flowID)}, args...)
+		if f != nil {
+			cmds = append(cmds, s.indexFlow(ctx, pipe, f)...)
+		}
+		return cmds[0]
+	})
+	for _, c := range cmds {
+		if c.Err() != nil && err == nil {
+			err = c.Err()
+		}
 	}
-	if f != nil {
-		s.indexFlow(ctx, pipe, f)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	if err != nil {
 		return fmt.Errorf("ack outbox of %s: %w", flowID, err)
 	}
 	return nil
@@ -177,22 +204,26 @@ func (s *Store) IndexFlow(ctx context.Context, f *flow.Flow) error {
 	return nil
 }
 
-func (s *Store) indexFlow(ctx context.Context, pipe redis.Pipeliner, f *flow.Flow) {
+func (s *Store) indexFlow(ctx context.Context, pipe redis.Pipeliner, f *flow.Flow) []redis.Cmder {
 	score := float64(f.CreatedAt.UnixMilli())
 	repo := RepoKey(f.Repository)
-	pipe.ZAddNX(ctx, s.keys.Flows(), redis.Z{Score: score, Member: f.ID})
-	pipe.ZAddNX(ctx, s.keys.ServiceFlows(f.Service), redis.Z{Score: score, Member: f.ID})
-	pipe.ZAddNX(ctx, s.keys.ArtifactVersions(strings.ToLower(f.Artifact)), redis.Z{Score: score, Member: f.Version})
+	cmds := []redis.Cmder{
+		pipe.ZAddNX(ctx, s.keys.Flows(), redis.Z{Score: score, Member: f.ID}),
+		pipe.ZAddNX(ctx, s.keys.ServiceFlows(f.Service), redis.Z{Score: score, Member: f.ID}),
+		pipe.ZAddNX(ctx, s.keys.ArtifactVersions(strings.ToLower(f.Artifact)), redis.Z{Score: score, Member: f.Version}),
+	}
 	if repo != "" {
-		pipe.ZAddNX(ctx, s.keys.RepoFlows(repo), redis.Z{Score: score, Member: f.ID})
-		pipe.SAdd(ctx, s.keys.CommitFlows(repo, strings.ToLower(f.Commit)), f.ID)
+		cmds = append(cmds,
+			pipe.ZAddNX(ctx, s.keys.RepoFlows(repo), redis.Z{Score: score, Member: f.ID}),
+			pipe.SAdd(ctx, s.keys.CommitFlows(repo, strings.ToLower(f.Commit)), f.ID))
 	}
 	if f.State.Terminal() {
-		pipe.ZRem(ctx, s.keys.ServiceActive(f.Service), f.ID)
+		cmds = append(cmds, pipe.ZRem(ctx, s.keys.ServiceActive(f.Service), f.ID))
 	} else {
 		// Microseconds: supersede orders flows of one burst of pushes.
-		pipe.ZAddNX(ctx, s.keys.ServiceActive(f.Service), redis.Z{Score: float64(f.CreatedAt.UnixMicro()), Member: f.ID})
+		cmds = append(cmds, pipe.ZAddNX(ctx, s.keys.ServiceActive(f.Service), redis.Z{Score: float64(f.CreatedAt.UnixMicro()), Member: f.ID}))
 	}
+	return cmds
 }
 
 // GetFlow returns a flow, or ErrNotFound.

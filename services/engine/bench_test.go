@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -137,6 +138,10 @@ func BenchmarkEngine(b *testing.B) {
 	drain(b, fx.js, wire.StreamEvents, "engine", events)
 	phase2 := time.Since(start)
 	b.Logf("flows %d: creates and grants %s, reports %s, %d events", flows, phase1, phase2, events)
+	if v := os.Getenv("BENCH_REDIS_STATS"); v != "" {
+		stats, _ := fx.st.Client().Info(context.Background(), "commandstats", "cpu").Result()
+		b.Log(stats)
+	}
 	elapsed := phase1 + phase2
 	b.StopTimer()
 	ours := float64(events) / elapsed.Seconds()
