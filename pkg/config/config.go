@@ -318,18 +318,27 @@ func ferr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
 }
 
+// uniqueName checks that name is a valid name ([a-z0-9-]) not yet in seen,
+// and records it.
+func uniqueName(field, kind, name string, seen map[string]bool) error {
+	if !nameRE.MatchString(name) {
+		return ferr(field, "%q must match [a-z0-9][a-z0-9-]*", name)
+	}
+	if seen[name] {
+		return ferr(field, "duplicate %s %q", kind, name)
+	}
+	seen[name] = true
+	return nil
+}
+
 // Validate checks the whole config and returns the first problem found.
 func (c *Config) Validate() error {
 	names := map[string]bool{}
 	for i, s := range c.Services {
 		p := fmt.Sprintf("services[%d]", i)
-		if !nameRE.MatchString(s.Name) {
-			return ferr(p+".name", "%q must match [a-z0-9][a-z0-9-]*", s.Name)
+		if err := uniqueName(p+".name", "service", s.Name, names); err != nil {
+			return err
 		}
-		if names[s.Name] {
-			return ferr(p+".name", "duplicate service %q", s.Name)
-		}
-		names[s.Name] = true
 		p = fmt.Sprintf("services[%d] (%s)", i, s.Name)
 		if !repoRE.MatchString(s.Repository) {
 			return ferr(p+".repository", "%q must be a GitHub org/repo", s.Repository)
@@ -369,13 +378,9 @@ func (c *Config) Validate() error {
 		envs := map[string]bool{}
 		for j, e := range s.Pipeline {
 			ep := fmt.Sprintf("%s.pipeline[%d]", p, j)
-			if !nameRE.MatchString(e.Environment) {
-				return ferr(ep+".environment", "%q must match [a-z0-9][a-z0-9-]*", e.Environment)
+			if err := uniqueName(ep+".environment", "environment", e.Environment, envs); err != nil {
+				return err
 			}
-			if envs[e.Environment] {
-				return ferr(ep+".environment", "duplicate environment %q", e.Environment)
-			}
-			envs[e.Environment] = true
 			if len(e.Targets) == 0 {
 				return ferr(ep+".targets", "name at least one label pair, e.g. {env: %s}", e.Environment)
 			}
@@ -413,13 +418,9 @@ func (c *Config) Validate() error {
 	hooks := map[string]bool{}
 	for i, w := range c.Webhooks {
 		p := fmt.Sprintf("webhooks[%d]", i)
-		if !nameRE.MatchString(w.Name) {
-			return ferr(p+".name", "%q must match [a-z0-9][a-z0-9-]*", w.Name)
+		if err := uniqueName(p+".name", "webhook", w.Name, hooks); err != nil {
+			return err
 		}
-		if hooks[w.Name] {
-			return ferr(p+".name", "duplicate webhook %q", w.Name)
-		}
-		hooks[w.Name] = true
 		p = fmt.Sprintf("webhooks[%d] (%s)", i, w.Name)
 		if !strings.HasPrefix(w.URL, "http://") && !strings.HasPrefix(w.URL, "https://") {
 			return ferr(p+".url", "%q must be an http:// or https:// URL", w.URL)
@@ -455,13 +456,9 @@ func (c *Config) Validate() error {
 	tokens := map[string]bool{}
 	for i, tk := range c.Tokens {
 		p := fmt.Sprintf("tokens[%d]", i)
-		if !nameRE.MatchString(tk.Name) {
-			return ferr(p+".name", "%q must match [a-z0-9][a-z0-9-]*", tk.Name)
+		if err := uniqueName(p+".name", "token", tk.Name, tokens); err != nil {
+			return err
 		}
-		if tokens[tk.Name] {
-			return ferr(p+".name", "duplicate token %q", tk.Name)
-		}
-		tokens[tk.Name] = true
 		if !sha256RE.MatchString(tk.SHA256) {
 			return ferr(p+".sha256", "must be the 64 hex digits of the token's SHA-256 (printf %%s TOKEN | sha256sum)")
 		}
@@ -508,13 +505,9 @@ func validatePromotions(ep string, ps []Promotion) error {
 	seen := map[string]bool{}
 	for k, pr := range ps {
 		pp := fmt.Sprintf("%s.promotions[%d]", ep, k)
-		if !nameRE.MatchString(pr.Name) {
-			return ferr(pp+".name", "%q must match [a-z0-9][a-z0-9-]*", pr.Name)
+		if err := uniqueName(pp+".name", "promotion", pr.Name, seen); err != nil {
+			return err
 		}
-		if seen[pr.Name] {
-			return ferr(pp+".name", "duplicate promotion %q", pr.Name)
-		}
-		seen[pr.Name] = true
 		pp = fmt.Sprintf("%s.promotions[%d] (%s)", ep, k, pr.Name)
 		if pr.Timeout < 0 || pr.Duration < 0 {
 			return ferr(pp, "durations must be positive")

@@ -165,4 +165,3 @@ func (s *Store) ReleaseLease(ctx context.Context, name, token string) error {
 	}
 	return nil
 }
-

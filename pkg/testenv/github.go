@@ -74,3 +74,19 @@ func GitHubRequest(t testing.TB, url, event, delivery, secret string, body []byt
 	}
 	return req
 }
+
+// ErrorCode checks that body is the API's error shape
+// {"error": {"code", "message"}} with both set, and returns the code.
+func ErrorCode(t testing.TB, body []byte) string {
+	t.Helper()
+	var e struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || e.Error.Code == "" || e.Error.Message == "" {
+		t.Fatalf("not an API error body (%v): %s", err, body)
+	}
+	return e.Error.Code
+}

@@ -200,20 +200,6 @@ func readEnvFile(t *testing.T, path string) map[string]string {
 	return out
 }
 
-func errorCode(t *testing.T, b []byte) string {
-	t.Helper()
-	var e struct {
-		Error struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	require.NoError(t, json.Unmarshal(b, &e), "error body %s", b)
-	require.NotEmpty(t, e.Error.Code, "error body %s", b)
-	require.NotEmpty(t, e.Error.Message, "error body %s", b)
-	return e.Error.Code
-}
-
 func TestDevEndToEnd(t *testing.T) {
 	s := startDev(t)
 
@@ -378,7 +364,7 @@ func TestDevEndToEnd(t *testing.T) {
 				before := s.eventCount(t)
 				code, body := s.do(t, tt.req())
 				require.Equal(t, tt.status, code, "%s", body)
-				require.Equal(t, tt.wantCode, errorCode(t, body))
+				require.Equal(t, tt.wantCode, testenv.ErrorCode(t, body))
 				require.Equal(t, before, s.eventCount(t), "nothing published")
 			})
 		}
@@ -394,13 +380,13 @@ func TestDevEndToEnd(t *testing.T) {
 	t.Run("read routes answer errors as JSON", func(t *testing.T) {
 		code, body := s.get(t, "/acme/unknown/deployments/")
 		require.Equal(t, http.StatusNotFound, code)
-		require.Equal(t, "repository_not_configured", errorCode(t, body))
+		require.Equal(t, "repository_not_configured", testenv.ErrorCode(t, body))
 		code, body = s.get(t, "/acme/web/deployments/not-a-sha")
 		require.Equal(t, http.StatusBadRequest, code)
-		require.Equal(t, "bad_request", errorCode(t, body))
+		require.Equal(t, "bad_request", testenv.ErrorCode(t, body))
 		code, body = s.get(t, "/acme/web/deployments/?limit=0")
 		require.Equal(t, http.StatusBadRequest, code)
-		require.Equal(t, "bad_request", errorCode(t, body))
+		require.Equal(t, "bad_request", testenv.ErrorCode(t, body))
 	})
 
 	t.Run("health and metrics", func(t *testing.T) {
@@ -512,7 +498,7 @@ func TestDevPromotions(t *testing.T) {
 		// Approving again is a conflict: the promotion is no longer running.
 		code, body = s.post(t, "/api/v1/deployments/"+d.ID+"/promotions/release/approve", token, `{}`)
 		require.Equal(t, http.StatusConflict, code, "%s", body)
-		require.Equal(t, "conflict", errorCode(t, body))
+		require.Equal(t, "conflict", testenv.ErrorCode(t, body))
 	})
 
 	t.Run("a failing script fails the flow before production", func(t *testing.T) {

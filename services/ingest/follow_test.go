@@ -193,7 +193,7 @@ func TestLogFollow(t *testing.T) {
 			b, err := io.ReadAll(resp.Body)
 			require.NoError(t, err)
 			require.Equal(t, want.status, resp.StatusCode, "%s: %s", query, b)
-			require.Equal(t, want.code, ghErrorCode(t, b))
+			require.Equal(t, want.code, testenv.ErrorCode(t, b))
 		}
 		resp := fx.open(t, "?follow=1", http.Header{"Accept": {"text/event-stream"}, "Last-Event-Id": {"x"}})
 		require.Equal(t, http.StatusBadRequest, resp.StatusCode)

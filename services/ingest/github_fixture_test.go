@@ -129,20 +129,6 @@ func (fx *ghFixture) lastEvent(t *testing.T) *jetstream.RawStreamMsg {
 	return m
 }
 
-func ghErrorCode(t *testing.T, b []byte) string {
-	t.Helper()
-	var e struct {
-		Error struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	require.NoError(t, json.Unmarshal(b, &e), "error body %s", b)
-	require.NotEmpty(t, e.Error.Code, "error body %s", b)
-	require.NotEmpty(t, e.Error.Message, "error body %s", b)
-	return e.Error.Code
-}
-
 func ghBody(t *testing.T, b []byte) map[string]any {
 	t.Helper()
 	var m map[string]any

@@ -45,7 +45,7 @@ func TestGitHubNATSOutage(t *testing.T) {
 		resp, body := send(d)
 		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "%s", body)
 		require.NotEmpty(t, resp.Header.Get("Retry-After"))
-		require.Equal(t, "unavailable", ghErrorCode(t, body))
+		require.Equal(t, "unavailable", testenv.ErrorCode(t, body))
 		state, err := fx.st.DeliveryState(ctx, d)
 		require.NoError(t, err)
 		require.Equal(t, store.DeliveryUnknown, state, "nothing half-written")

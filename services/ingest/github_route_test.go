@@ -190,7 +190,7 @@ func TestGitHubDeliveries(t *testing.T) {
 			state, err := fx.st.DeliveryState(context.Background(), delivery)
 			require.NoError(t, err)
 			if tt.code != "" {
-				require.Equal(t, tt.code, ghErrorCode(t, body))
+				require.Equal(t, tt.code, testenv.ErrorCode(t, body))
 				require.Equal(t, before, fx.events(t), "nothing published")
 				require.Equal(t, store.DeliveryUnknown, state, "a refused delivery leaves no record")
 				return
