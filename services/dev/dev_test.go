@@ -515,3 +515,71 @@ func TestDevPromotions(t *testing.T) {
 		require.Equal(t, flow.NotStarted, f.Deployments[1].State)
 	})
 }
+
+// TestDevRestartKeepsJetStream stops otariinae dev and starts it again on
+// the same data dir: the streams and their messages are still there.
+func TestDevRestartKeepsJetStream(t *testing.T) {
+	r := testenv.StartRedis(t)
+	dataDir := t.TempDir()
+	confPath := filepath.Join(t.TempDir(), "otariinae.yaml")
+	require.NoError(t, os.WriteFile(confPath, []byte("services:\n  - name: web\n    repository: acme/web\n    branches: [main]\n    deploy: ./deploy.sh\n    pipeline:\n      - environment: staging\n        targets: {agent: local}\n"), 0o600))
+	cfg := dev.Config{DataDir: dataDir, DevNATSAddr: "127.0.0.1:0", RedisURL: r.URL, RedisPrefix: r.Prefix, HTTPAddr: "127.0.0.1:0", ConfigFile: confPath}
+	cfg.AgentConfig.ShutdownGrace = time.Second
+	run := func(check func(a dev.Addrs)) {
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan dev.Addrs, 1)
+		done := make(chan error, 1)
+		go func() {
+			done <- dev.Run(ctx, cfg, dev.Options{Version: "test", Ready: func(a dev.Addrs) { ready <- a }}, testenv.Logger(t))
+		}()
+		select {
+		case a := <-ready:
+			check(a)
+		case err := <-done:
+			t.Fatalf("dev exited: %v", err)
+		case <-time.After(60 * time.Second):
+			t.Fatal("dev not ready in 60s")
+		}
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(60 * time.Second):
+			t.Fatal("dev did not stop in 60s")
+		}
+	}
+	events := func(a dev.Addrs) uint64 {
+		nc, err := nats.Connect(a.NATS)
+		require.NoError(t, err)
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		var n uint64
+		testenv.Eventually(t, 30*time.Second, "EVENTS stream", func() bool {
+			s, err := js.Stream(context.Background(), wire.StreamEvents)
+			if err != nil {
+				return false
+			}
+			info, err := s.Info(context.Background())
+			if err != nil {
+				return false
+			}
+			n = info.State.Msgs
+			return true
+		})
+		return n
+	}
+	var before uint64
+	run(func(a dev.Addrs) {
+		sha := strings.Repeat("ef", 20)
+		resp, err := http.DefaultClient.Do(testenv.GitHubRequest(t, a.HTTP+"/acme/web/", "push", testenv.DeliveryID(), "", testenv.PushPayload("acme/web", "refs/heads/main", sha)))
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusAccepted, resp.StatusCode)
+		before = events(a)
+		require.Positive(t, before)
+	})
+	run(func(a dev.Addrs) {
+		require.GreaterOrEqual(t, events(a), before, "the JetStream store survived the restart")
+	})
+}
