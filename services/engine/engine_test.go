@@ -361,3 +361,35 @@ func TestEngineRecordsHeartbeats(t *testing.T) {
 }
 
 var benchWorkers = 8
+
+// TestEngineKilledAfterCommitThenRestarted stops an engine right after its
+// first state write, before any outbox is carried out, and starts a new
+// one: the event comes back, is recognised as applied, and its outbox goes
+// out once.
+func TestEngineKilledAfterCommitThenRestarted(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	e1 := fx.newEngine(t)
+	var once sync.Once
+	e1.afterCommitFunc = func() error {
+		once.Do(cancel) // the process dies here
+		return errors.New("killed")
+	}
+	done := make(chan error, 1)
+	go func() { done <- e1.Run(ctx) }()
+	fx.publishPush(t, "d-1", "d-1", sha)
+	require.NoError(t, <-done)
+	f, err := fx.st.GetFlow(context.Background(), flowID)
+	require.NoError(t, err, "the state write landed")
+	require.Equal(t, flow.NotStarted, f.Deployments[0].State, "waiting for its environment")
+	out, err := fx.st.Outbox(context.Background(), flowID)
+	require.NoError(t, err)
+	require.NotEmpty(t, out, "the outbox was not carried out")
+	require.Zero(t, fx.streamMsgs(t, wire.StreamJobs))
+
+	runEngine(t, fx.newEngine(t))
+	fullRun(t, fx)
+	require.EqualValues(t, wantJobs, fx.streamMsgs(t, wire.StreamJobs))
+	require.EqualValues(t, wantHooks, fx.streamMsgs(t, wire.StreamHooks))
+}

@@ -160,6 +160,10 @@ services:
         targets: {env: staging}
       - environment: production
         targets: {env: production}
+webhooks:
+  - name: chat
+    url: http://127.0.0.1:9/hooks
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
 `
 
 func TestEngineSupersede(t *testing.T) {
@@ -313,6 +317,11 @@ func TestEngineReplicasAgree(t *testing.T) {
 	// 8 flows × 2 staging jobs + 6 succeeded × 1 production job.
 	require.EqualValues(t, flows*2+6, sJobs)
 	require.Equal(t, sJobs, pJobs)
+	// Hooks of a flow that succeeds: flow created, started, succeeded and
+	// four per environment (created, started, completed, succeeded) = 11;
+	// of one that fails in staging: flow created, started, failed and
+	// staging created, started, failed = 6.
+	require.EqualValues(t, 6*11+2*6, sHooks)
 	require.Equal(t, sHooks, pHooks)
 }
 
