@@ -27,9 +27,10 @@ var (
 
 // RequestSlot asks for (service, env) for a deployment. It reports whether
 // the deployment holds the environment now; otherwise it waits in line and
-// ReleaseSlot of the holder will name it.
+// ReleaseSlot of the holder will name it, or it already released the
+// environment and its request is a stale replay (false: nothing to grant).
 func (s *Store) RequestSlot(ctx context.Context, service, env, deploymentID string) (bool, error) {
-	n, err := slotRequestScript.Run(ctx, s.rdb, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env)}, deploymentID).Int()
+	n, err := slotRequestScript.Run(ctx, s.rdb, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env), s.keys.EnvReleased(service, env)}, deploymentID).Int()
 	if err != nil {
 		return false, fmt.Errorf("request %s/%s for %s: %w", service, env, deploymentID, err)
 	}
@@ -39,7 +40,8 @@ func (s *Store) RequestSlot(ctx context.Context, service, env, deploymentID stri
 // ReleaseSlot frees (service, env) from a deployment and returns the
 // deployment that holds it next ("" for none); see slot_release.lua.
 func (s *Store) ReleaseSlot(ctx context.Context, service, env, deploymentID string) (string, error) {
-	next, err := slotReleaseScript.Run(ctx, s.rdb, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env)}, deploymentID).Text()
+	next, err := slotReleaseScript.Run(ctx, s.rdb, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env), s.keys.EnvReleased(service, env)},
+		deploymentID, time.Now().UnixMilli()).Text()
 	if errors.Is(err, redis.Nil) {
 		return "", nil
 	}

@@ -57,6 +57,12 @@ func (k Keys) EnvQueue(service, env string) string {
 	return k.Prefix + "env:{" + service + ":" + env + "}:queue"
 }
 
+// EnvReleased is a sorted set of the deployment ids that released
+// (service, environment), by ms: a stale request of theirs is refused.
+func (k Keys) EnvReleased(service, env string) string {
+	return k.Prefix + "env:{" + service + ":" + env + "}:released"
+}
+
 // ServiceActive is a sorted set of a service's in-progress flow ids scored
 // by creation time (µs): supersede looks here for older and newer flows.
 func (k Keys) ServiceActive(service string) string {

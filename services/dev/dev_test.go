@@ -350,6 +350,11 @@ func TestDevEndToEnd(t *testing.T) {
 			{"unknown repository", func() *http.Request {
 				return testenv.GitHubRequest(t, s.addrs.HTTP+"/acme/unknown/", "push", testenv.DeliveryID(), githubSecret, testenv.PushPayload("acme/unknown", "refs/heads/main", sha))
 			}, 404, "repository_not_configured"},
+			{"payload for another repository", func() *http.Request {
+				// Signed with acme/web's secret, but about acme/api: a
+				// delivery verified for one repository never deploys another.
+				return testenv.GitHubRequest(t, s.addrs.HTTP+"/acme/web/", "push", testenv.DeliveryID(), githubSecret, testenv.PushPayload("acme/api", "refs/heads/main", sha))
+			}, 400, "bad_request"},
 			{"missing delivery id", func() *http.Request {
 				return testenv.GitHubRequest(t, s.addrs.HTTP+"/acme/web/", "push", "", githubSecret, good)
 			}, 400, "bad_request"},

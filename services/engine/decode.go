@@ -161,12 +161,14 @@ func (e *Engine) decodeGitHub(msg jetstream.Msg) ([]target, error) {
 		return nil, fmt.Errorf("parse github %s delivery %s: %w", typ, delivery, err)
 	}
 	eventID := "gh." + delivery
+	// The repository is the one ingest verified the signature for (the
+	// URL's), never the payload's own claim.
+	repo := msg.Headers().Get(wire.HeaderRepository)
+	if repo == "" {
+		return nil, fmt.Errorf("github delivery %s has no %s header", delivery, wire.HeaderRepository)
+	}
 	switch ev := payload.(type) {
 	case *github.PushEvent:
-		repo := ev.GetRepo().GetFullName()
-		if repo == "" {
-			repo = msg.Headers().Get(wire.HeaderRepository)
-		}
 		commit := strings.ToLower(ev.GetAfter())
 		if ev.GetDeleted() || !validSHA(commit) {
 			return nil, nil // nothing to deploy; ingest normally filters these
@@ -187,7 +189,6 @@ func (e *Engine) decodeGitHub(msg jetstream.Msg) ([]target, error) {
 			return nil, nil
 		}
 		pr := ev.GetPullRequest()
-		repo := ev.GetRepo().GetFullName()
 		commit := strings.ToLower(pr.GetHead().GetSHA())
 		if !validSHA(commit) {
 			return nil, fmt.Errorf("pull request %d: head sha %q", ev.GetNumber(), commit)

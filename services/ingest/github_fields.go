@@ -20,8 +20,8 @@ const maxJSONDepth = 10000
 // push this was half of ingest's CPU time (docs/performance.md).
 func scanFields(payload []byte) (hookFields, error) {
 	var f hookFields
-	var sha, headRef string
-	var pr bool
+	var sha, headRef, fullName string
+	var pr, repo bool
 	p := jsonScanner{b: payload}
 	top := func(key []byte) target {
 		switch {
@@ -33,6 +33,13 @@ func scanFields(payload []byte) (hookFields, error) {
 			return target{boolean: &f.Deleted}
 		case keyIs(key, "action"):
 			return target{str: &f.Action}
+		case keyIs(key, "repository"):
+			return target{present: &repo, obj: func(key []byte) target {
+				if keyIs(key, "full_name") {
+					return target{str: &fullName}
+				}
+				return target{}
+			}}
 		case keyIs(key, "pull_request"):
 			return target{present: &pr, obj: func(key []byte) target {
 				if keyIs(key, "head") {
@@ -70,6 +77,11 @@ func scanFields(payload []byte) (hookFields, error) {
 			} `json:"head"`
 		}{}
 		f.PullRequest.Head.SHA, f.PullRequest.Head.Ref = sha, headRef
+	}
+	if repo {
+		f.Repository = &struct {
+			FullName string `json:"full_name"`
+		}{FullName: fullName}
 	}
 	return f, nil
 }

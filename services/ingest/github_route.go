@@ -22,6 +22,9 @@ type hookFields struct {
 			Ref string `json:"ref"`
 		} `json:"head"`
 	} `json:"pull_request"`
+	Repository *struct {
+		FullName string `json:"full_name"`
+	} `json:"repository"`
 }
 
 // routed is ingest's decision on one delivery: ignored says why nothing is
@@ -47,6 +50,12 @@ func route(typ, repo string, payload []byte, services []*config.Service) (routed
 	f, err := scanFields(payload)
 	if err != nil {
 		return routed{}, errors.New("malformed " + typ + " payload: not a valid JSON object")
+	}
+	// The signature was checked with the secret of the repository in the
+	// URL: the payload must be about that repository, or a delivery signed
+	// for one repository could deploy another.
+	if f.Repository != nil && f.Repository.FullName != "" && !strings.EqualFold(f.Repository.FullName, repo) {
+		return routed{}, errors.New("the payload's repository " + f.Repository.FullName + " is not " + repo + ", the repository in the URL")
 	}
 	if typ == "pull_request" {
 		return routePR(repo, f, services)
