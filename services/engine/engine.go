@@ -159,19 +159,11 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.log.Warn("ask agents to announce", "err", err)
 	}
 
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * e.cfg.Workers))
-	if err != nil {
-		return fmt.Errorf("consume events: %w", err)
-	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		e.runTimers(ctx)
-	}()
-	go func() {
-		<-ctx.Done()
-		it.Stop()
 	}()
 	e.log.Info("engine consuming", "stream", wire.StreamEvents, "consumer", bus.ConsumerEngine, "workers", e.cfg.Workers)
 	// Workers apply events concurrently; the revision check serialises
@@ -191,11 +183,41 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	defer wg.Wait()
 	defer close(msgs)
+	for ctx.Err() == nil {
+		if err := e.consume(ctx, cons, msgs); err != nil {
+			// The consumer was deleted, or the connection closed for
+			// good: make it again rather than stop applying events.
+			e.log.Warn("event consumer lost; recreating it", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			if c, err := e.js.CreateOrUpdateConsumer(ctx, wire.StreamEvents, e.ConsumerConfig()); err == nil {
+				cons = c
+			}
+		}
+	}
+	return nil
+}
+
+// consume feeds the workers from cons until ctx ends (nil) or the
+// iterator closes underneath (an error).
+func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan<- jetstream.Msg) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * e.cfg.Workers))
+	if err != nil {
+		return fmt.Errorf("consume events: %w", err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
 	for {
 		msg, err := it.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+			if ctx.Err() != nil {
 				return nil
+			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				return err
 			}
 			e.log.Warn("next event", "err", err)
 			continue
@@ -314,8 +336,13 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		}
 		if ld.Applied || (isCreate && ld.Flow != nil) {
 			// Written before (a redelivery, or a crash after the write):
-			// only the outbox may be left to carry out.
-			return "duplicate", e.replay(ctx, t.flowID, ld.Flow)
+			// only the outbox may be left to carry out. Index what is
+			// stored, not this replica's copy, which may be stale.
+			f := ld.Flow
+			if cached {
+				f = nil
+			}
+			return "duplicate", e.replay(ctx, t.flowID, f)
 		}
 		in, err := e.input(ctx, ld.Flow, t.event, at)
 		if err != nil {

@@ -393,3 +393,18 @@ func TestEngineKilledAfterCommitThenRestarted(t *testing.T) {
 	require.EqualValues(t, wantJobs, fx.streamMsgs(t, wire.StreamJobs))
 	require.EqualValues(t, wantHooks, fx.streamMsgs(t, wire.StreamHooks))
 }
+
+// TestEngineRecreatesDeletedConsumer deletes the engine's durable consumer
+// under it: the engine makes it again and keeps applying events.
+func TestEngineRecreatesDeletedConsumer(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	runEngine(t, fx.newEngine(t))
+	testenv.Eventually(t, 20*time.Second, "engine consumer", func() bool {
+		_, err := fx.js.Consumer(context.Background(), wire.StreamEvents, "engine")
+		return err == nil
+	})
+	require.NoError(t, fx.js.DeleteConsumer(context.Background(), wire.StreamEvents, "engine"))
+	fx.publishPush(t, "d-1", "d-1", sha)
+	fx.waitState(t, flowID, flow.FlowInProgress, flow.Created)
+}
