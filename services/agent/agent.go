@@ -144,6 +144,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.workdir, 0o755); err != nil {
 		return fmt.Errorf("create agent workdir: %w", err)
 	}
+	a.forgetOldDone()
 
 	// Presence does not wait for JetStream: heartbeats start first.
 	hbStop, hbDone := make(chan struct{}), make(chan struct{})

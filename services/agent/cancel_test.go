@@ -99,3 +99,30 @@ func TestAnnounceOnRequest(t *testing.T) {
 	}
 	require.True(t, got, "an announce request gets a heartbeat")
 }
+
+// TestRedeliveredFinishedJobIsNotRunAgain delivers a job the agent already
+// finished (its ack lost): the agent reports the same outcome again and
+// does not run the command a second time, even after a restart.
+func TestRedeliveredFinishedJobIsNotRunAgain(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t)
+	counter := filepath.Join(t.TempDir(), "runs")
+	c := s.repo.commit("refs/heads/main", map[string]string{"deploy.sh": "#!/bin/sh\necho run >> " + counter + "\nexit 3\n"})
+	a := s.start()
+	j := s.job("once", c)
+	j.Command = "./deploy.sh"
+	s.publish(j)
+	first := s.report(j.ID, wire.JobFinished)
+	require.Equal(t, 3, *first.ExitCode)
+	require.NoError(t, a.stop(t))
+
+	// The same job again, as JetStream would redeliver it, to a new agent
+	// process on the same workdir. Its report goes out again under the
+	// same message id (JetStream keeps the first), and the job is acked.
+	s.publishOn(wire.JobSubject(j.AgentID), j)
+	s.start()
+	testenv.Eventually(t, waitLong, "redelivered job acked", s.jobsSettled)
+	b, err := os.ReadFile(counter)
+	require.NoError(t, err)
+	require.Equal(t, "run\n", string(b), "the command ran once")
+}

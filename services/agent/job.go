@@ -127,6 +127,23 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	})
 	defer stopProgress()
 
+	// A job this agent finished before (its ack was lost, or the agent
+	// restarted before acking) is reported again, not run again.
+	if prev, ok := a.finishedBefore(job.ID); ok {
+		log.InfoContext(ctx, "job finished before; reporting it again, not running it")
+		rctx, cancelReport := afterDone(ctx, reportGrace, errAgentStopped)
+		defer cancelReport()
+		if err := a.publishReport(rctx, prev); err != nil {
+			log.Error("finished report not stored; the job will be redelivered", "err", err)
+			return
+		}
+		stopProgress()
+		if err := a.ack(rctx, msg); err != nil {
+			log.Error("ack job", "err", err)
+		}
+		return
+	}
+
 	// A job cancelled while it waited in line is not run at all.
 	if why, cancelled := a.cancelled(ctx, job.ID); cancelled {
 		log.InfoContext(ctx, "job cancelled before it started", "reason", why)
@@ -190,6 +207,11 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	finished := a.report(job, wire.JobFinished, &code, reason)
 	rctx, cancelReport := afterDone(ctx, reportGrace, errAgentStopped)
 	defer cancelReport()
+	// Remember it first: if the report or the ack is lost, a redelivery
+	// reports this outcome again instead of running the job twice.
+	if err := a.markDone(finished); err != nil {
+		log.Error("could not record the finished job; a redelivery would run it again", "err", err)
+	}
 	if err := a.publishReport(rctx, finished); err != nil {
 		// Not acknowledged: the job comes back and is reported then.
 		log.Error("finished report not stored; the job will be redelivered", "err", err)
