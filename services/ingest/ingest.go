@@ -32,6 +32,13 @@ import (
 // MaxBody is GitHub's cap on a webhook payload: 25 MiB.
 const MaxBody = 25 << 20
 
+const (
+	// preallocMax bounds the buffer sized from Content-Length alone.
+	preallocMax = 1 << 20
+	// bodyTimeout bounds the time to receive a delivery's body.
+	bodyTimeout = 30 * time.Second
+)
+
 // Config is ingest's environment (prefix OTARIINAE_).
 type Config struct {
 	GitHubWebhookSecret string        `envconfig:"GITHUB_WEBHOOK_SECRET" desc:"secret of GitHub webhooks (a service's secret: overrides it); empty accepts unsigned deliveries"`
@@ -197,8 +204,14 @@ func (in *Ingest) github(w http.ResponseWriter, r *http.Request) {
 // readBody reads at most MaxBody bytes, in one allocation when the sender
 // declared the length (GitHub does).
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	// The body must arrive in bodyTimeout: a client trickling it cannot
+	// hold a connection (and its buffer) for ever.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
 	body := http.MaxBytesReader(w, r.Body, MaxBody)
-	if n := r.ContentLength; n > 0 && n <= MaxBody {
+	// Content-Length sizes the buffer only up to preallocMax: a declared
+	// length is a claim, not bytes received, and this route answers
+	// anyone before the signature is checked.
+	if n := r.ContentLength; n > 0 && n <= preallocMax {
 		buf := make([]byte, n)
 		if _, err := io.ReadFull(body, buf); err != nil {
 			return nil, err

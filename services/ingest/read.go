@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -164,7 +165,9 @@ func (in *Ingest) commitLog(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	var buf strings.Builder
 	for _, src := range logSources(flows, filter) {
-		if err := in.readLog(ctx, src, &buf); err != nil {
+		if err := in.readLog(ctx, src, &buf); errors.Is(err, errTruncated) {
+			break
+		} else if err != nil {
 			in.unavailable(w, "read logs", err)
 			return
 		}
@@ -172,10 +175,17 @@ func (in *Ingest) commitLog(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write([]byte(buf.String()))
+	_, _ = io.WriteString(w, buf.String())
 }
 
 // readLog appends one deployment's stored output to buf.
+// MaxLogBytes caps one answer of the (non-follow) log route: the LOGS
+// stream keeps whatever a deploy script prints.
+const MaxLogBytes = 64 << 20
+
+// errTruncated stops reading once MaxLogBytes are in the answer.
+var errTruncated = errors.New("log truncated")
+
 func (in *Ingest) readLog(ctx context.Context, src logSource, buf *strings.Builder) error {
 	stream, err := in.js.Stream(ctx, wire.StreamLogs)
 	if err != nil {
@@ -196,6 +206,12 @@ func (in *Ingest) readLog(ctx context.Context, src logSource, buf *strings.Build
 	if err != nil {
 		return fmt.Errorf("read logs: %w", err)
 	}
+	defer func() {
+		// Not left for the server's inactivity cleanup.
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
+	}()
 	// Fetch exactly what the stream held when we looked: a batch asking for
 	// more would wait out its timeout for lines that may never come.
 	for remaining := total; remaining > 0; {
@@ -206,7 +222,14 @@ func (in *Ingest) readLog(ctx context.Context, src logSource, buf *strings.Build
 		n := uint64(0)
 		for msg := range batch.Messages() {
 			n++
+			if buf.Len() >= MaxLogBytes {
+				continue // drain the batch; truncated below
+			}
 			buf.WriteString(formatLogLine(src.prefix, msg.Subject(), msg.Data()))
+		}
+		if buf.Len() >= MaxLogBytes {
+			fmt.Fprintf(buf, "[otariinae] output truncated at %d MiB: narrow it with ?environment= and ?agent=\n", MaxLogBytes>>20)
+			return errTruncated
 		}
 		if err := batch.Error(); err != nil {
 			return fmt.Errorf("read logs: %w", err)
