@@ -86,6 +86,7 @@ func (s *Store) MarkIdempotencyPublished(ctx context.Context, scope, key string,
 
 // FlowQuery selects flows for GET /api/v1/flows.
 type FlowQuery struct {
+	Repo    string         // a repository's flows (org/repo); "" for all
 	Service string         // "" for every service
 	State   flow.FlowState // "" for every state
 	Cursor  string         // the previous page's NextCursor
@@ -101,7 +102,10 @@ type FlowQuery struct {
 // last flow examined, so pages never shift when flows are added.
 func (s *Store) FlowsPage(ctx context.Context, q FlowQuery) (Page, error) {
 	key := s.keys.Flows()
-	if q.Service != "" {
+	switch {
+	case q.Repo != "":
+		key = s.keys.RepoFlows(RepoKey(q.Repo))
+	case q.Service != "":
 		key = s.keys.ServiceFlows(q.Service)
 	}
 	pos, err := parseZCursor(q.Cursor)

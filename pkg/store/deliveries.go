@@ -25,20 +25,6 @@ const (
 	DeliveryIgnored   DeliveryState = "ignored"   // received and answered, nothing to publish
 )
 
-// RedeliveryRequested marks a GitHub delivery GUID whose redelivery the
-// repair loop asked for (string, TTL), so that it asks at most once.
-func (k Keys) RedeliveryRequested(guid string) string {
-	return k.Prefix + "ghrepair:requested:" + guid
-}
-
-// RepairScan holds the time (unix ms) of the last complete repair scan of
-// one GitHub hook ("repo:<org>/<repo>:<id>" or "org:<org>:<id>").
-func (k Keys) RepairScan(hook string) string { return k.Prefix + "ghrepair:scan:" + hook }
-
-// Lease is a lease held by one replica (string: the holder's random token,
-// with a PX time to live).
-func (k Keys) Lease(name string) string { return k.Prefix + "lease:" + name }
-
 var (
 	//go:embed scripts/lease_renew.lua
 	leaseRenewSrc    string

@@ -308,65 +308,11 @@ type Page struct {
 // RepoFlows lists a repository's flows newest first. cursor is the
 // NextCursor of the previous page ("" for the first).
 func (s *Store) RepoFlows(ctx context.Context, repo, cursor string, limit int) (Page, error) {
-	return s.listFlows(ctx, s.keys.RepoFlows(RepoKey(repo)), cursor, limit)
+	return s.FlowsPage(ctx, FlowQuery{Repo: repo, Cursor: cursor, Limit: limit})
 }
 
 // ErrBadCursor means the cursor was not produced by a listing.
 var ErrBadCursor = errors.New("invalid cursor")
-
-// listFlows pages a time-scored sorted set of flow ids, newest first. The
-// cursor is "<score>:<id>" of the last item returned, so items added while a
-// client pages do not shift the pages.
-func (s *Store) listFlows(ctx context.Context, key, cursor string, limit int) (Page, error) {
-	max := "+inf"
-	var afterID string
-	var afterScore float64
-	if cursor != "" {
-		sc, id, ok := strings.Cut(cursor, ":")
-		v, err := strconv.ParseInt(sc, 10, 64)
-		if !ok || err != nil || id == "" {
-			return Page{}, ErrBadCursor
-		}
-		afterScore, afterID, max = float64(v), id, sc
-	}
-	// Fetch one page plus the items sharing the cursor's score.
-	zs, err := s.rdb.ZRevRangeByScoreWithScores(ctx, key, &redis.ZRangeBy{Max: max, Min: "-inf", Count: int64(limit) + 64}).Result()
-	if err != nil {
-		return Page{}, fmt.Errorf("list flows: %w", err)
-	}
-	var ids []string
-	var scores []float64
-	skipping := cursor != ""
-	for _, z := range zs {
-		id := z.Member.(string)
-		if skipping {
-			if z.Score == afterScore && id >= afterID {
-				continue
-			}
-			skipping = false
-		}
-		ids = append(ids, id)
-		scores = append(scores, z.Score)
-		if len(ids) == limit+1 {
-			break
-		}
-	}
-	page := Page{}
-	if len(ids) > limit {
-		ids, scores = ids[:limit], scores[:limit]
-		page.NextCursor = fmt.Sprintf("%d:%s", int64(scores[limit-1]), ids[limit-1])
-	}
-	flows, err := s.getFlows(ctx, ids)
-	if err != nil {
-		return Page{}, err
-	}
-	for _, f := range flows {
-		if f != nil {
-			page.Flows = append(page.Flows, f)
-		}
-	}
-	return page, nil
-}
 
 // AgentRecord is an agent's last heartbeat, as stored.
 type AgentRecord struct {

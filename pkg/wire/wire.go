@@ -15,6 +15,7 @@ package wire
 import (
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -75,6 +76,37 @@ var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
 // ValidToken reports whether s can be used as a single subject token
 // (agent ids, webhook names, GitHub event types, deployment ids).
 func ValidToken(s string) bool { return tokenRE.MatchString(s) }
+
+// ValidCommit reports whether s is a full commit SHA: 40 (SHA-1) or 64
+// (SHA-256) lowercase hex digits, and not all zeros (GitHub's "none").
+// Such a value can never be read as an option or a ref name.
+func ValidCommit(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	zeros := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+		zeros = zeros && c == '0'
+	}
+	return !zeros
+}
+
+// LogSubjectParts splits a LOGS subject into its deployment and agent ids.
+func LogSubjectParts(subject string) (deploymentID, agentID string, ok bool) {
+	rest, ok := strings.CutPrefix(subject, "otariinae.logs.")
+	if !ok {
+		return "", "", false
+	}
+	dep, agent, ok := strings.Cut(rest, ".")
+	if !ok || dep == "" || agent == "" || strings.Contains(agent, ".") {
+		return "", "", false
+	}
+	return dep, agent, true
+}
 
 // GitHubSubject is where ingest publishes a raw delivery of event type typ.
 func GitHubSubject(typ string) string { return SubjectGitHubPrefix + typ }

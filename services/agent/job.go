@@ -29,8 +29,7 @@ var (
 var ErrInvalidJob = errors.New("invalid job")
 
 var (
-	commitRE = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
-	jobIDRE  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,256}$`)
+	jobIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,256}$`)
 )
 
 // validateJob checks everything that reaches a command line, a path, a
@@ -50,7 +49,7 @@ func validateJob(j wire.Job) error {
 		return bad("promotion %q must match [A-Za-z0-9_-]{1,128}", j.Promotion)
 	case !wire.ValidToken(j.DeploymentID):
 		return bad("deployment_id %q must match [A-Za-z0-9_-]{1,128}", j.DeploymentID)
-	case !commitRE.MatchString(j.Commit):
+	case !wire.ValidCommit(j.Commit):
 		return bad("commit %q must be 40 or 64 lowercase hex digits", j.Commit)
 	case j.GitURL == "":
 		return bad("git_url is empty")

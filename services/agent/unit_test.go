@@ -138,7 +138,7 @@ func TestValidateJob(t *testing.T) {
 		GitURL: "https://example.com/x.git", Commit: sha1, Command: "./deploy.sh"}
 	require.NoError(t, validateJob(valid))
 	v := valid
-	v.Commit = strings.Repeat("0", 64)
+	v.Commit = strings.Repeat("0b", 32)
 	require.NoError(t, validateJob(v))
 	for _, tc := range []struct {
 		name   string

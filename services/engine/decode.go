@@ -170,7 +170,7 @@ func (e *Engine) decodeGitHub(msg jetstream.Msg) ([]target, error) {
 	switch ev := payload.(type) {
 	case *github.PushEvent:
 		commit := strings.ToLower(ev.GetAfter())
-		if ev.GetDeleted() || !validSHA(commit) {
+		if ev.GetDeleted() || !wire.ValidCommit(commit) {
 			return nil, nil // nothing to deploy; ingest normally filters these
 		}
 		if branch, ok := strings.CutPrefix(ev.GetRef(), "refs/heads/"); ok {
@@ -190,7 +190,7 @@ func (e *Engine) decodeGitHub(msg jetstream.Msg) ([]target, error) {
 		}
 		pr := ev.GetPullRequest()
 		commit := strings.ToLower(pr.GetHead().GetSHA())
-		if !validSHA(commit) {
+		if !wire.ValidCommit(commit) {
 			return nil, fmt.Errorf("pull request %d: head sha %q", ev.GetNumber(), commit)
 		}
 		meta := map[string]string{
@@ -222,18 +222,6 @@ func (e *Engine) createFlows(eventID, artifact, version, commit, ref, repo strin
 		}})
 	}
 	return out
-}
-
-func validSHA(s string) bool {
-	if len(s) != 40 && len(s) != 64 {
-		return false
-	}
-	for _, c := range s {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return s != strings.Repeat("0", len(s))
 }
 
 // SpecOf freezes a service's configuration for a new flow.

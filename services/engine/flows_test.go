@@ -112,8 +112,12 @@ func TestEnginePromotionsEndToEnd(t *testing.T) {
 	// The production agent was told to stop its job.
 	kv, err := fx.js.KeyValue(context.Background(), wire.BucketCancels)
 	require.NoError(t, err)
-	entry, err := kv.Get(context.Background(), wire.JobID(flow.DeploymentID(id, "production"), "p1"))
-	require.NoError(t, err)
+	// The state is written before the outbox is carried out: wait for it.
+	var entry jetstream.KeyValueEntry
+	testenv.Eventually(t, 20*time.Second, "cancel marker", func() bool {
+		entry, err = kv.Get(context.Background(), wire.JobID(flow.DeploymentID(id, "production"), "p1"))
+		return err == nil
+	})
 	require.Contains(t, string(entry.Value()), "cancelled by bob")
 	fx.waitIdle(t)
 	slot, queue, err := fx.st.SlotHolder(context.Background(), "web", "production")

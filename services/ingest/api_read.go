@@ -16,6 +16,7 @@ import (
 	"github.com/shanenoi/otariinae/pkg/config"
 	"github.com/shanenoi/otariinae/pkg/flow"
 	"github.com/shanenoi/otariinae/pkg/store"
+	"github.com/shanenoi/otariinae/pkg/wire"
 )
 
 // LostAfter is how long after its last heartbeat an agent counts as lost.
@@ -282,7 +283,7 @@ func (in *Ingest) plan(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	commit := strings.ToLower(r.URL.Query().Get("commit"))
-	if !shaRE.MatchString(commit) {
+	if !wire.ValidCommit(commit) {
 		api.Error(w, api.CodeBadRequest, "commit must be a full SHA: 40 or 64 hexadecimal digits")
 		return
 	}

@@ -180,7 +180,6 @@ type ArtifactRequest struct {
 
 var (
 	artifactRE = regexp.MustCompile(`^[A-Za-z0-9._-]+:[A-Za-z0-9._/-]+$`)
-	shaRE      = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
 )
 
 // Limits of an artifact request.
@@ -209,7 +208,7 @@ func (a *ArtifactRequest) validate() string {
 		return "artifact must be group:name, e.g. acme:web"
 	case a.Version == "" || len(a.Version) > maxVersion || !printable(a.Version) || strings.TrimSpace(a.Version) != a.Version:
 		return fmt.Sprintf("version must be 1 to %d printable characters", maxVersion)
-	case !shaRE.MatchString(a.Commit):
+	case !wire.ValidCommit(a.Commit):
 		return "commit must be a full SHA: 40 or 64 hexadecimal digits"
 	case len(a.Ref) > maxRef || !printable(a.Ref):
 		return fmt.Sprintf("ref must be at most %d printable characters", maxRef)

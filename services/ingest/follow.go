@@ -85,18 +85,18 @@ func logSources(flows []*flow.Flow, f logFilter) []logSource {
 
 // formatLogLine renders one LOGS message as "[prefix agent] text\n".
 func formatLogLine(prefix, subject string, data []byte) string {
-	agent := subject[strings.LastIndexByte(subject, '.')+1:]
+	_, agent, _ := wire.LogSubjectParts(subject)
 	return "[" + prefix + " " + agent + "] " + strings.TrimRight(string(data), "\r\n") + "\n"
 }
 
 // prefixOf finds the prefix of the deployment a LOGS subject belongs to.
 func prefixOf(srcs []logSource, subject string) string {
-	dep := strings.TrimPrefix(subject, "otariinae.logs.")
-	if i := strings.LastIndexByte(dep, '.'); i >= 0 {
-		dep = dep[:i]
+	dep, _, ok := wire.LogSubjectParts(subject)
+	if !ok {
+		return "?"
 	}
 	for _, s := range srcs {
-		if strings.HasPrefix(s.subject, "otariinae.logs."+dep+".") {
+		if d, _, _ := wire.LogSubjectParts(s.subject); d == dep {
 			return s.prefix
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/shanenoi/otariinae/pkg/config"
+	"github.com/shanenoi/otariinae/pkg/wire"
 )
 
 // hookFields is the little of a push or pull_request payload that ingest
@@ -119,7 +120,7 @@ func routePR(repo string, f hookFields, services []*config.Service) (routed, err
 // checkSHA rejects a payload whose commit is not a full hexadecimal SHA:
 // the engine could not deploy it.
 func checkSHA(field, sha string) error {
-	if (len(sha) == 40 || len(sha) == 64) && validCommit(sha) {
+	if wire.ValidCommit(sha) {
 		return nil
 	}
 	return errors.New("malformed payload: " + field + " is not a commit SHA")
