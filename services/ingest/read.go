@@ -60,14 +60,9 @@ func (in *Ingest) listDeployments(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	limit := defaultLimit
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxLimit {
-			api.Error(w, api.CodeBadRequest, fmt.Sprintf("limit must be an integer from 1 to %d", maxLimit))
-			return
-		}
-		limit = n
+	limit, ok := queryLimit(w, r)
+	if !ok {
+		return
 	}
 	page, err := in.st.RepoFlows(r.Context(), repo, r.URL.Query().Get("cursor"), limit)
 	if errors.Is(err, store.ErrBadCursor) {
@@ -84,9 +79,7 @@ func (in *Ingest) listDeployments(w http.ResponseWriter, r *http.Request) {
 			Commit: f.Commit, Ref: f.Ref, Service: f.Service, FlowID: f.ID, State: f.State, CreatedAt: f.CreatedAt,
 		})
 	}
-	if page.NextCursor != "" {
-		out.NextCursor = &page.NextCursor
-	}
+	out.NextCursor = cursorPtr(page.NextCursor)
 	api.JSON(w, http.StatusOK, out)
 }
 
