@@ -325,6 +325,14 @@ type AgentRecord struct {
 	Jobs       int               `json:"jobs"`
 }
 
+// DefaultAgentLostAfter is how long after its last heartbeat an agent is
+// lost (OTARIINAE_AGENT_LOST_AFTER overrides it in the engine).
+const DefaultAgentLostAfter = 30 * time.Second
+
+// Eligible reports whether the agent may be given new jobs: seen recently
+// and not draining.
+func (a AgentRecord) Eligible() bool { return a.State != "lost" && a.State != "draining" }
+
 // PutAgent records an agent's heartbeat.
 func (s *Store) PutAgent(ctx context.Context, a AgentRecord) error {
 	b, err := json.Marshal(a)

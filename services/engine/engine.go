@@ -80,7 +80,7 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	if cfg.AgentLostAfter <= 0 {
-		cfg.AgentLostAfter = 30 * time.Second
+		cfg.AgentLostAfter = store.DefaultAgentLostAfter
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 30 * time.Second
@@ -462,7 +462,7 @@ func (e *Engine) onlineAgents(ctx context.Context) ([]flow.Agent, error) {
 
 	out := make([]flow.Agent, 0, len(recs))
 	for _, r := range recs {
-		if r.State == "lost" || r.State == "draining" {
+		if !r.Eligible() {
 			continue
 		}
 		out = append(out, flow.Agent{ID: r.ID, Labels: r.Labels})

@@ -19,8 +19,9 @@ import (
 	"github.com/shanenoi/otariinae/pkg/wire"
 )
 
-// LostAfter is how long after its last heartbeat an agent counts as lost.
-const LostAfter = 30 * time.Second
+// LostAfter is how long after its last heartbeat an agent counts as lost:
+// the engine's default (ingest shows, the engine decides).
+const LostAfter = store.DefaultAgentLostAfter
 
 // FlowList is the body of GET /api/v1/flows.
 type FlowList struct {
@@ -300,7 +301,7 @@ func (in *Ingest) plan(w http.ResponseWriter, r *http.Request) {
 			pe.Promotions[j] = PromotionView{Name: p.Name, Type: p.Type}
 		}
 		for _, a := range agents {
-			if a.State == "lost" || a.State == "draining" || !flow.Matches(a.Labels, e.Targets) {
+			if !a.Eligible() || !flow.Matches(a.Labels, e.Targets) {
 				continue
 			}
 			pe.Agents = append(pe.Agents, PlanAgent{ID: a.ID, Hostname: a.Hostname, Labels: a.Labels, State: a.State})
