@@ -90,12 +90,18 @@ func (in *Ingest) accept(w http.ResponseWriter, r *http.Request, c triggerCall) 
 			eventID = rec.EventID // an earlier attempt did not get its PubAck
 		}
 	}
-	if ref, err := c.check(ctx); err != nil {
-		in.unavailable(w, "read state", err)
-		return
-	} else if ref != nil {
-		ref.write(w)
-		return
+	// A retry of a request whose publish may have landed (its PubAck was
+	// lost) is published again as it was, without checking the state it
+	// may itself have changed: JetStream drops it if it landed, and the
+	// engine still refuses it if it no longer applies.
+	if eventID == "" {
+		if ref, err := c.check(ctx); err != nil {
+			in.unavailable(w, "read state", err)
+			return
+		} else if ref != nil {
+			ref.write(w)
+			return
+		}
 	}
 	var rec store.Idempotency
 	if key != "" && eventID == "" {
