@@ -203,7 +203,10 @@ func (e *Engine) Run(ctx context.Context) error {
 // consume feeds the workers from cons until ctx ends (nil) or the
 // iterator closes underneath (an error).
 func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan<- jetstream.Msg) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * e.cfg.Workers))
+	// Short pulls with heartbeats: a lost consumer or connection shows
+	// within seconds, not at the 30 s default expiry.
+	it, err := cons.Messages(jetstream.PullMaxMessages(2*e.cfg.Workers),
+		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(3*time.Second))
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)
 	}
@@ -220,6 +223,14 @@ func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan
 				return err
 			}
 			e.log.Warn("next event", "err", err)
+			// Missed heartbeats are usually a reconnect; they are also how a
+			// deleted consumer can show itself. Ask.
+			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, ierr := cons.Info(ictx)
+			cancel()
+			if errors.Is(ierr, jetstream.ErrConsumerNotFound) {
+				return ierr
+			}
 			continue
 		}
 		msgs <- msg
