@@ -97,6 +97,7 @@ func BenchmarkEngine(b *testing.B) {
 			Data: testenv.PushPayload(fmt.Sprintf("acme/svc-%d", n), "refs/heads/main", shaN(n))}
 		msg.Header.Set(wire.HeaderGitHubEvent, "push")
 		msg.Header.Set(wire.HeaderDelivery, delivery)
+		msg.Header.Set(wire.HeaderRepository, fmt.Sprintf("acme/svc-%d", n))
 		_, err := fx.js.PublishMsgAsync(msg, jetstream.WithMsgID(delivery))
 		require.NoError(b, err)
 	}
