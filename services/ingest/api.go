@@ -56,6 +56,7 @@ func (in *Ingest) mountAPI(r chi.Router) {
 
 		r.With(in.require(ScopeAdmin), in.audited("config.reload")).Post("/config/reload", in.reloadConfig)
 		r.With(in.require(ScopeAdmin)).Get("/audit", in.listAudit)
+		r.With(in.require(ScopeAdmin), in.audited("webhook.secret.read")).Get("/webhooks/{name}/secret", in.webhookSecret)
 	})
 }
 
@@ -145,4 +146,34 @@ func jsonProblem(err error) string {
 		return "unexpected end of the body"
 	}
 	return err.Error() // e.g. json: unknown field "x"
+}
+
+// WebhookSecret is the body of GET /api/v1/webhooks/{name}/secret.
+type WebhookSecret struct {
+	Webhook   string `json:"webhook"`
+	Secret    string `json:"secret"`
+	Generated bool   `json:"generated"`
+}
+
+// webhookSecret tells an admin the secret a webhook's receiver verifies
+// with: the config's, or the one generated and stored in Redis when the
+// config has none (every dispatcher replica signs with that one).
+func (in *Ingest) webhookSecret(w http.ResponseWriter, r *http.Request) {
+	name := chi.URLParam(r, "name")
+	wh := in.conf.Get().Webhook(name)
+	if wh == nil {
+		api.Error(w, api.CodeNotFound, "no webhook named "+name)
+		return
+	}
+	out := WebhookSecret{Webhook: name, Secret: wh.Secret}
+	if out.Secret == "" {
+		s, err := in.st.WebhookSecret(r.Context(), name)
+		if err != nil {
+			in.unavailable(w, "read webhook secret", err)
+			return
+		}
+		out.Secret, out.Generated = s, true
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	api.JSON(w, http.StatusOK, out)
 }

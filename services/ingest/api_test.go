@@ -15,6 +15,7 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shanenoi/otariinae/pkg/config"
 	"github.com/shanenoi/otariinae/pkg/flow"
 	"github.com/shanenoi/otariinae/pkg/store"
 	"github.com/shanenoi/otariinae/pkg/wire"
@@ -40,6 +41,7 @@ func TestAPI(t *testing.T) {
 		t.Run("services", testServices)
 		t.Run("reload", testReload)
 		t.Run("audit", testAudit)
+		t.Run("webhook secret", testWebhookSecret)
 		t.Run("seed and ops routes", testSeedRoutes)
 	})
 	if t.Failed() {
@@ -758,4 +760,27 @@ func testSeedRoutes(t *testing.T) {
 	doc := e.call("GET", "/api/v1/openapi.json", "", nil)
 	require.Equal(t, "3.1.0", doc.json["openapi"])
 	require.True(t, slices.Contains([]string{"application/json"}, doc.header.Get("Content-Type")))
+}
+
+func testWebhookSecret(t *testing.T) {
+	t.Parallel()
+	e := setup(t, envOpts{})
+	r := e.call("GET", "/api/v1/webhooks/chat/secret", tokAdmin, nil)
+	require.Equal(t, 200, r.status, string(r.body))
+	var got WebhookSecret
+	require.NoError(t, json.Unmarshal(r.body, &got))
+	require.Equal(t, "chat", got.Webhook)
+	require.True(t, got.Generated, "the config has none")
+	_, err := config.DecodeSecret(got.Secret)
+	require.NoError(t, err)
+	// The same one every time, and the one dispatchers sign with.
+	stored, err := e.st.WebhookSecret(context.Background(), "chat")
+	require.NoError(t, err)
+	require.Equal(t, stored, got.Secret)
+	again := e.call("GET", "/api/v1/webhooks/chat/secret", tokAdmin, nil)
+	require.Equal(t, string(r.body), string(again.body))
+
+	require.Equal(t, 404, e.call("GET", "/api/v1/webhooks/nope/secret", tokAdmin, nil).status)
+	require.Equal(t, 403, e.call("GET", "/api/v1/webhooks/chat/secret", tokWrite, nil).status)
+	require.Equal(t, 401, e.call("GET", "/api/v1/webhooks/chat/secret", "", nil).status)
 }
