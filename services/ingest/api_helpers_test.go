@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -351,4 +352,27 @@ func withPromotions(f *flow.Flow, manual, external flow.PromotionState) *flow.Fl
 		{Name: "soak", Type: flow.PromotionWait, State: flow.PromotionPending},
 	}
 	return f
+}
+
+// pageAll follows next_cursor from query (at most 10 pages), collecting
+// what each page gives with items.
+func (e *apiEnv) pageAll(query, token string, items func(resp) []string) []string {
+	e.t.Helper()
+	var out []string
+	cursor := ""
+	for range 10 {
+		q := query
+		if cursor != "" {
+			q += "&cursor=" + url.QueryEscape(cursor)
+		}
+		r := e.call("GET", q, token, nil)
+		require.Equal(e.t, 200, r.status, string(r.body))
+		out = append(out, items(r)...)
+		if r.json["next_cursor"] == nil {
+			return out
+		}
+		cursor = r.json["next_cursor"].(string)
+	}
+	e.t.Fatalf("%s: more than 10 pages", query)
+	return nil
 }

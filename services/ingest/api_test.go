@@ -467,38 +467,11 @@ func testListFlows(t *testing.T) {
 	require.Nil(t, r.json["next_cursor"])
 
 	// Paging by 2 over service web.
-	var got []string
-	cursor := ""
-	for range 10 {
-		q := "/api/v1/flows?service=web&limit=2"
-		if cursor != "" {
-			q += "&cursor=" + url.QueryEscape(cursor)
-		}
-		r := e.call("GET", q, tokRead, nil)
-		require.Equal(t, 200, r.status)
-		got = append(got, ids(r)...)
-		if r.json["next_cursor"] == nil {
-			break
-		}
-		cursor = r.json["next_cursor"].(string)
-	}
+	got := e.pageAll("/api/v1/flows?service=web&limit=2", tokRead, ids)
 	require.Equal(t, []string{web[5].ID, web[4].ID, web[3].ID, web[2].ID, web[1].ID, web[0].ID}, got)
 
 	// State filter, paged by 2: every succeeded web flow, in order.
-	got, cursor = nil, ""
-	for range 10 {
-		q := "/api/v1/flows?service=web&state=succeeded&limit=2"
-		if cursor != "" {
-			q += "&cursor=" + url.QueryEscape(cursor)
-		}
-		r := e.call("GET", q, tokRead, nil)
-		require.Equal(t, 200, r.status)
-		got = append(got, ids(r)...)
-		if r.json["next_cursor"] == nil {
-			break
-		}
-		cursor = r.json["next_cursor"].(string)
-	}
+	got = e.pageAll("/api/v1/flows?service=web&state=succeeded&limit=2", tokRead, ids)
 	require.Equal(t, []string{web[5].ID, web[3].ID, web[0].ID}, got)
 
 	r = e.call("GET", "/api/v1/flows?state=in_progress", tokRead, nil)
@@ -708,23 +681,13 @@ func testAudit(t *testing.T) {
 	require.Equal(t, "rq-reload", list.Items[0].RequestID)
 
 	// Paging by one.
-	var all []string
-	cursor := ""
-	for range 10 {
-		q := "/api/v1/audit?limit=1"
-		if cursor != "" {
-			q += "&cursor=" + cursor
-		}
-		r := e.call("GET", q, tokAdmin, nil)
-		require.Equal(t, 200, r.status)
+	all := e.pageAll("/api/v1/audit?limit=1", tokAdmin, func(r resp) []string {
+		var out []string
 		for _, it := range r.json["items"].([]any) {
-			all = append(all, it.(map[string]any)["action"].(string))
+			out = append(out, it.(map[string]any)["action"].(string))
 		}
-		if r.json["next_cursor"] == nil {
-			break
-		}
-		cursor = r.json["next_cursor"].(string)
-	}
+		return out
+	})
 	require.Equal(t, []string{"config.reload", "flow.redeploy", "flow.cancel", "artifact.create"}, all)
 	require.Equal(t, 400, e.call("GET", "/api/v1/audit?cursor=zz", tokAdmin, nil).status)
 }
