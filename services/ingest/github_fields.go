@@ -229,18 +229,8 @@ func (p *jsonScanner) object(keys func([]byte) target, depth int) error {
 		if err := p.value(t, depth); err != nil {
 			return err
 		}
-		p.ws()
-		if p.i >= len(p.b) {
-			return errMalformed
-		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-		case '}':
-			p.i++
-			return nil
-		default:
-			return errMalformed
+		if done, err := p.next('}'); done || err != nil {
+			return err
 		}
 	}
 }
@@ -256,18 +246,8 @@ func (p *jsonScanner) array(depth int) error {
 		if err := p.value(target{}, depth); err != nil {
 			return err
 		}
-		p.ws()
-		if p.i >= len(p.b) {
-			return errMalformed
-		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-		case ']':
-			p.i++
-			return nil
-		default:
-			return errMalformed
+		if done, err := p.next(']'); done || err != nil {
+			return err
 		}
 	}
 }
@@ -354,4 +334,22 @@ func (p *jsonScanner) number() error {
 		}
 	}
 	return nil
+}
+
+// next reads the separator after a member of an object or array: true
+// when it was the closing byte, an error when it is neither that nor ','.
+func (p *jsonScanner) next(closing byte) (bool, error) {
+	p.ws()
+	if p.i >= len(p.b) {
+		return false, errMalformed
+	}
+	switch p.b[p.i] {
+	case ',':
+		p.i++
+		return false, nil
+	case closing:
+		p.i++
+		return true, nil
+	}
+	return false, errMalformed
 }
