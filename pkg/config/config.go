@@ -52,6 +52,11 @@ type Config struct {
 	Webhooks []Webhook `yaml:"webhooks"`
 	Tokens   []Token   `yaml:"tokens"`
 	GitHub   *GitHub   `yaml:"github"`
+
+	// byArtifact maps a lower-case artifact to the indexes of the services
+	// that deploy it, built by Parse: routing an event does not scan every
+	// service. nil (a Config built in code) means scan.
+	byArtifact map[string][]int
 }
 
 // Service is one deployable thing and its pipeline.
@@ -180,6 +185,16 @@ func Parse(r io.Reader) (*Config, error) {
 			}
 		}
 		return nil, err
+	}
+	cfg.byArtifact = make(map[string][]int)
+	for i := range cfg.Services {
+		seen := make(map[string]bool, len(cfg.Services[i].Artifacts))
+		for _, a := range cfg.Services[i].Artifacts {
+			if k := strings.ToLower(a); !seen[k] {
+				seen[k] = true
+				cfg.byArtifact[k] = append(cfg.byArtifact[k], i)
+			}
+		}
 	}
 	return &cfg, nil
 }
@@ -610,6 +625,12 @@ func (c *Config) ServicesForRepository(repo string) []*Service {
 // ServicesForArtifact returns the services that deploy artifact.
 func (c *Config) ServicesForArtifact(artifact string) []*Service {
 	var out []*Service
+	if c.byArtifact != nil {
+		for _, i := range c.byArtifact[strings.ToLower(artifact)] {
+			out = append(out, &c.Services[i])
+		}
+		return out
+	}
 	for i := range c.Services {
 		for _, a := range c.Services[i].Artifacts {
 			if strings.EqualFold(a, artifact) {

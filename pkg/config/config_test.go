@@ -138,3 +138,46 @@ func TestDecodeSecret(t *testing.T) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }
+
+// TestServicesForArtifactIndex checks the index Parse builds against a
+// scan of the services, for an artifact several services deploy, a
+// service's default artifact, another spelling and an unknown artifact.
+func TestServicesForArtifactIndex(t *testing.T) {
+	t.Parallel()
+	c, err := Parse(strings.NewReader(`
+services:
+  - name: web
+    repository: acme/web
+    branches: [main]
+    deploy: ./deploy.sh
+    artifacts: ["acme:shared", "acme:web", "ACME:Shared"]
+    pipeline: [{environment: staging, targets: {env: staging}}]
+  - name: api
+    repository: acme/api
+    branches: [main]
+    deploy: ./deploy.sh
+    artifacts: ["acme:shared"]
+    pipeline: [{environment: staging, targets: {env: staging}}]
+  - name: worker
+    repository: acme/worker
+    branches: [main]
+    deploy: ./deploy.sh
+    pipeline: [{environment: staging, targets: {env: staging}}]
+`))
+	require.NoError(t, err)
+	names := func(svcs []*Service) []string {
+		var out []string
+		for _, s := range svcs {
+			out = append(out, s.Name)
+		}
+		return out
+	}
+	scan := &Config{Services: c.Services} // built in code: no index
+	for artifact, want := range map[string][]string{
+		"acme:shared": {"web", "api"}, "Acme:Shared": {"web", "api"},
+		"acme:web": {"web"}, "acme:worker": {"worker"}, "acme:nope": nil,
+	} {
+		require.Equal(t, want, names(c.ServicesForArtifact(artifact)), artifact)
+		require.Equal(t, want, names(scan.ServicesForArtifact(artifact)), artifact)
+	}
+}

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -87,5 +89,39 @@ func (c *coalescer) exec(batch []*pipeOp, self *pipeOp) {
 		if op != self {
 			op.done <- struct{}{}
 		}
+	}
+}
+
+// eval runs a script through the shared pipeline, by its SHA. A Redis that
+// does not know the script (a new or restarted one) gets it loaded once and
+// the call is sent again. with, when not nil, adds idempotent commands to
+// the same round trip; the first of their errors is returned. The script's
+// own answer, including a nil reply (redis.Nil), is read from the returned
+// command.
+func (s *Store) eval(ctx context.Context, sc *redis.Script, keys []string, args []any, with func(redis.Pipeliner) []redis.Cmder) (*redis.Cmd, error) {
+	for attempt := 0; ; attempt++ {
+		var extra []redis.Cmder
+		c, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
+			cmd := sc.EvalSha(ctx, p, keys, args...)
+			if with != nil {
+				extra = with(p)
+			}
+			return cmd
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			if attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+				if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+					return nil, fmt.Errorf("load script: %w", err)
+				}
+				continue
+			}
+			return nil, err
+		}
+		for _, ec := range extra {
+			if ec.Err() != nil {
+				return nil, ec.Err()
+			}
+		}
+		return c.(*redis.Cmd), nil
 	}
 }

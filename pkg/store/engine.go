@@ -30,7 +30,11 @@ var (
 // ReleaseSlot of the holder will name it, or it already released the
 // environment and its request is a stale replay (false: nothing to grant).
 func (s *Store) RequestSlot(ctx context.Context, service, env, deploymentID string) (bool, error) {
-	n, err := slotRequestScript.Run(ctx, s.rdb, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env), s.keys.EnvReleased(service, env)}, deploymentID).Int()
+	cmd, err := s.eval(ctx, slotRequestScript, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env), s.keys.EnvReleased(service, env)}, []any{deploymentID}, nil)
+	var n int
+	if err == nil {
+		n, err = cmd.Int()
+	}
 	if err != nil {
 		return false, fmt.Errorf("request %s/%s for %s: %w", service, env, deploymentID, err)
 	}
@@ -40,8 +44,12 @@ func (s *Store) RequestSlot(ctx context.Context, service, env, deploymentID stri
 // ReleaseSlot frees (service, env) from a deployment and returns the
 // deployment that holds it next ("" for none); see slot_release.lua.
 func (s *Store) ReleaseSlot(ctx context.Context, service, env, deploymentID string) (string, error) {
-	next, err := slotReleaseScript.Run(ctx, s.rdb, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env), s.keys.EnvReleased(service, env)},
-		deploymentID, time.Now().UnixMilli()).Text()
+	cmd, err := s.eval(ctx, slotReleaseScript, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env), s.keys.EnvReleased(service, env)},
+		[]any{deploymentID, time.Now().UnixMilli()}, nil)
+	var next string
+	if err == nil {
+		next, err = cmd.Text()
+	}
 	if errors.Is(err, redis.Nil) {
 		return "", nil
 	}
@@ -67,7 +75,10 @@ func timerMember(flowID, key string) string { return flowID + "|" + key }
 
 // AddTimer schedules a timer of a flow. Idempotent.
 func (s *Store) AddTimer(ctx context.Context, flowID, key string, at time.Time) error {
-	if err := s.rdb.ZAdd(ctx, s.keys.Timers(), redis.Z{Score: float64(at.UnixMilli()), Member: timerMember(flowID, key)}).Err(); err != nil {
+	_, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
+		return p.ZAdd(ctx, s.keys.Timers(), redis.Z{Score: float64(at.UnixMilli()), Member: timerMember(flowID, key)})
+	})
+	if err != nil {
 		return fmt.Errorf("add timer %s of %s: %w", key, flowID, err)
 	}
 	return nil
@@ -115,7 +126,8 @@ func (s *Store) SetLastSucceeded(ctx context.Context, service, env string, v flo
 	if err != nil {
 		return fmt.Errorf("encode last success: %w", err)
 	}
-	if err := s.rdb.HSet(ctx, s.keys.LastSucceeded(service), env, b).Err(); err != nil {
+	_, err = s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder { return p.HSet(ctx, s.keys.LastSucceeded(service), env, b) })
+	if err != nil {
 		return fmt.Errorf("record last success of %s/%s: %w", service, env, err)
 	}
 	return nil
@@ -139,29 +151,24 @@ func (s *Store) LastSucceeded(ctx context.Context, service string) (map[string]f
 	return out, nil
 }
 
-// OlderActiveFlows returns the in-progress flows of a service created
-// before the given time.
-func (s *Store) OlderActiveFlows(ctx context.Context, service string, before time.Time) ([]string, error) {
-	ids, err := s.rdb.ZRangeByScore(ctx, s.keys.ServiceActive(service), &redis.ZRangeBy{
-		Min: "-inf", Max: "(" + strconv.FormatInt(before.UnixMicro(), 10),
-	}).Result()
+// ActiveFlowsAround returns, in one round trip, the in-progress flows of a
+// service created before at (oldest first) and the newest one created
+// after it ("" when there is none).
+func (s *Store) ActiveFlowsAround(ctx context.Context, service string, at time.Time) (older []string, newer string, err error) {
+	key, micros := s.keys.ServiceActive(service), strconv.FormatInt(at.UnixMicro(), 10)
+	var before *redis.StringSliceCmd
+	c, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
+		before = p.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "(" + micros})
+		return p.ZRevRangeByScore(ctx, key, &redis.ZRangeBy{Min: "(" + micros, Max: "+inf", Count: 1})
+	})
+	if err == nil {
+		err = before.Err()
+	}
 	if err != nil {
-		return nil, fmt.Errorf("read active flows of %s: %w", service, err)
+		return nil, "", fmt.Errorf("read active flows of %s: %w", service, err)
 	}
-	return ids, nil
-}
-
-// NewestActiveFlow returns the newest in-progress flow of a service created
-// after the given time ("" when there is none).
-func (s *Store) NewestActiveFlow(ctx context.Context, service string, after time.Time) (string, error) {
-	ids, err := s.rdb.ZRevRangeByScore(ctx, s.keys.ServiceActive(service), &redis.ZRangeBy{
-		Min: "(" + strconv.FormatInt(after.UnixMicro(), 10), Max: "+inf", Count: 1,
-	}).Result()
-	if err != nil {
-		return "", fmt.Errorf("read active flows of %s: %w", service, err)
+	if after := c.(*redis.StringSliceCmd).Val(); len(after) > 0 {
+		newer = after[0]
 	}
-	if len(ids) == 0 {
-		return "", nil
-	}
-	return ids[0], nil
+	return before.Val(), newer, nil
 }

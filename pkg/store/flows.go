@@ -101,30 +101,14 @@ func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID str
 	keys := []string{s.keys.Flow(f.ID), s.keys.Applied(f.ID), s.keys.Outbox(f.ID)}
 	// Concurrent commits of different flows share round trips (group
 	// commit); the index commands ride in the same pipeline.
-	var index1 []redis.Cmder
-	c, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
-		cmd := commitScript.EvalSha(ctx, p, keys, args...)
-		if index {
-			index1 = s.indexFlow(ctx, p, f)
-		}
-		return cmd
-	})
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		// The script cache is empty (a restarted Redis): load it once.
-		if err := commitScript.Load(ctx, s.rdb).Err(); err != nil {
-			return Committed{}, fmt.Errorf("load commit script: %w", err)
-		}
-		return s.Commit(ctx, f, rev, eventID, outbox, index)
+	var with func(redis.Pipeliner) []redis.Cmder
+	if index {
+		with = func(p redis.Pipeliner) []redis.Cmder { return s.indexFlow(ctx, p, f) }
 	}
-	for _, ic := range index1 {
-		if ic.Err() != nil && err == nil {
-			err = ic.Err()
-		}
-	}
+	cmd, err := s.eval(ctx, commitScript, keys, args, with)
 	if err != nil {
 		return Committed{}, fmt.Errorf("commit flow %s: %w", f.ID, err)
 	}
-	cmd := c.(*redis.Cmd)
 	res, err := cmd.Int64Slice()
 	if err != nil {
 		return Committed{}, fmt.Errorf("commit flow %s: %w", f.ID, err)
@@ -160,27 +144,27 @@ func (s *Store) AckOutbox(ctx context.Context, flowID string, done [][]byte, f *
 	if len(done) == 0 && f == nil {
 		return nil
 	}
-	var cmds []redis.Cmder
-	_, err := s.batch.do(ctx, func(pipe redis.Pipeliner) redis.Cmder {
-		cmds = cmds[:0]
-		if len(done) > 0 {
-			args := make([]any, len(done))
-			for i, p := range done {
-				args[i] = p
+	var with func(redis.Pipeliner) []redis.Cmder
+	if f != nil {
+		with = func(p redis.Pipeliner) []redis.Cmder { return s.indexFlow(ctx, p, f) }
+	}
+	var err error
+	if len(done) > 0 {
+		args := make([]any, len(done))
+		for i, p := range done {
+			args[i] = p
+		}
+		_, err = s.eval(ctx, outboxAckScript, []string{s.keys.Outbox(flowID)}, args, with)
+	} else {
+		var cmds []redis.Cmder
+		_, err = s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
+			cmds = with(p)
+			return cmds[0]
+		})
+		for _, c := range cmds {
+			if err == nil {
+				err = c.Err()
 			}
-			// EVAL, not EVALSHA: a pipeline cannot fall back when the
-			// script cache is empty (a restarted Redis), and the script is
-			// small.
-			cmds = append(cmds, outboxAckScript.Eval(ctx, pipe, []string{s.keys.Outbox(flowID)}, args...))
-		}
-		if f != nil {
-			cmds = append(cmds, s.indexFlow(ctx, pipe, f)...)
-		}
-		return cmds[0]
-	})
-	for _, c := range cmds {
-		if c.Err() != nil && err == nil {
-			err = c.Err()
 		}
 	}
 	if err != nil {

@@ -36,7 +36,7 @@ import (
 type Config struct {
 	AgentLostAfter time.Duration `split_words:"true" default:"30s" desc:"an agent silent this long gets no new jobs"`
 	AckWait        time.Duration `envconfig:"ENGINE_ACK_WAIT" default:"30s" desc:"redeliver an event not acked in this time"`
-	Workers        int           `envconfig:"ENGINE_WORKERS" default:"8" desc:"events applied concurrently by this replica"`
+	Workers        int           `envconfig:"ENGINE_WORKERS" default:"64" desc:"events applied concurrently by this replica (their Redis calls share pipelines)"`
 	TimerInterval  time.Duration `envconfig:"ENGINE_TIMER_INTERVAL" default:"1s" desc:"how often due timers (soaks, promotion timeouts) are fired"`
 }
 
@@ -86,7 +86,7 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 		cfg.AckWait = 30 * time.Second
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 8
+		cfg.Workers = 64
 	}
 	if cfg.TimerInterval <= 0 {
 		cfg.TimerInterval = time.Second
@@ -369,11 +369,11 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 			}
 			return "", permanent(err)
 		}
-		outbox, err := e.render(next, effects, t.eventID, at)
+		ob, err := e.render(next, effects, t.eventID, at)
 		if err != nil {
 			return "", permanent(err)
 		}
-		c, err := e.st.Commit(ctx, next, ld.Rev, t.eventID, outbox, isCreate)
+		c, err := e.st.Commit(ctx, next, ld.Rev, t.eventID, ob.raw, isCreate)
 		if errors.Is(err, store.ErrConflict) {
 			if !cached || attempt > 0 {
 				e.m.conflicts.Inc()
@@ -404,12 +404,12 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		if !isCreate && next.State.Terminal() {
 			index = next
 		}
-		if c.OutboxLen > int64(len(outbox)) {
+		if c.OutboxLen > int64(len(ob.raw)) {
 			// An earlier writer's entries are still queued: carry out the
 			// whole outbox in order.
 			return "applied", e.replay(ctx, t.flowID, index)
 		}
-		return "applied", e.runOutbox(ctx, t.flowID, outbox, index)
+		return "applied", e.runOutbox(ctx, t.flowID, ob, index)
 	}
 }
 
@@ -427,7 +427,7 @@ func (e *Engine) replay(ctx context.Context, flowID string, f *flow.Flow) error 
 	if err != nil {
 		return err
 	}
-	return e.runOutbox(ctx, flowID, entries, f)
+	return e.runOutbox(ctx, flowID, outbox{raw: entries}, f)
 }
 
 // input gathers what the model needs besides the event: the time, the

@@ -82,7 +82,7 @@ func setupWith(t testing.TB, yaml string) *fixture {
 // newEngine returns an engine that is not running.
 func (fx *fixture) newEngine(t testing.TB) *Engine {
 	t.Helper()
-	e, err := New(Config{AgentLostAfter: time.Hour, AckWait: time.Second, TimerInterval: 50 * time.Millisecond, Workers: benchWorkers}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
+	e, err := New(Config{AgentLostAfter: time.Hour, AckWait: time.Second, TimerInterval: 50 * time.Millisecond}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
 	require.NoError(t, err)
 	return e
 }
@@ -359,8 +359,6 @@ func TestEngineRecordsHeartbeats(t *testing.T) {
 	require.NotContains(t, ids, "h2")
 	require.NotContains(t, ids, "h3")
 }
-
-var benchWorkers = 8
 
 // TestEngineKilledAfterCommitThenRestarted stops an engine right after its
 // first state write, before any outbox is carried out, and starts a new

@@ -63,16 +63,24 @@ type HookData struct {
 	Environment string           `json:"environment,omitempty"`
 }
 
+// outbox is a rendered outbox: the entries as written to Redis and, when
+// this replica rendered them, the same entries decoded.
+type outbox struct {
+	raw     [][]byte
+	entries []outboxEntry // nil: decode raw
+}
+
 // render turns effects into outbox entries. Ids derive from (flow, event,
 // effect index) so a replay renders the same ids.
-func (e *Engine) render(f *flow.Flow, effects []flow.Effect, eventID string, at time.Time) ([][]byte, error) {
-	var out [][]byte
+func (e *Engine) render(f *flow.Flow, effects []flow.Effect, eventID string, at time.Time) (outbox, error) {
+	var out outbox
 	add := func(o outboxEntry) error {
 		b, err := json.Marshal(o)
 		if err != nil {
 			return fmt.Errorf("encode outbox entry: %w", err)
 		}
-		out = append(out, b)
+		out.raw = append(out.raw, b)
+		out.entries = append(out.entries, o)
 		return nil
 	}
 	publish := func(subject, msgID string, v any) error {
@@ -88,7 +96,7 @@ func (e *Engine) render(f *flow.Flow, effects []flow.Effect, eventID string, at 
 		case flow.EffectJob:
 			job, jerr := jobFor(f, ef, at)
 			if jerr != nil {
-				return nil, jerr
+				return outbox{}, jerr
 			}
 			err = publish(wire.JobSubject(ef.AgentID), "job."+job.ID, job)
 		case flow.EffectHook:
@@ -129,7 +137,7 @@ func (e *Engine) render(f *flow.Flow, effects []flow.Effect, eventID string, at 
 			err = fmt.Errorf("unknown effect %q", ef.Kind)
 		}
 		if err != nil {
-			return nil, err
+			return outbox{}, err
 		}
 	}
 	return out, nil
@@ -221,7 +229,7 @@ func jobFor(f *flow.Flow, ef flow.Effect, at time.Time) (wire.Job, error) {
 // them (and indexes f, when given, in the same round trip). Publishes go
 // out asynchronously and are all awaited before anything is removed. On an
 // error the entries stay for the replay.
-func (e *Engine) runOutbox(ctx context.Context, flowID string, entries [][]byte, f *flow.Flow) error {
+func (e *Engine) runOutbox(ctx context.Context, flowID string, ob outbox, f *flow.Flow) error {
 	var pending []jetstream.PubAckFuture
 	wait := func() error {
 		for _, p := range pending {
@@ -236,9 +244,11 @@ func (e *Engine) runOutbox(ctx context.Context, flowID string, entries [][]byte,
 		pending = pending[:0]
 		return nil
 	}
-	for _, raw := range entries {
+	for i, raw := range ob.raw {
 		var o outboxEntry
-		if err := json.Unmarshal(raw, &o); err != nil {
+		if ob.entries != nil {
+			o = ob.entries[i]
+		} else if err := json.Unmarshal(raw, &o); err != nil {
 			// Written by this package; unreadable means a bug. Keep going
 			// with the rest rather than blocking the flow forever.
 			e.log.Error("undecodable outbox entry dropped", "flow_id", flowID, "err", err)
@@ -265,7 +275,7 @@ func (e *Engine) runOutbox(ctx context.Context, flowID string, entries [][]byte,
 	if err := wait(); err != nil {
 		return fmt.Errorf("outbox of flow %s: %w", flowID, err)
 	}
-	return e.st.AckOutbox(ctx, flowID, entries, f)
+	return e.st.AckOutbox(ctx, flowID, ob.raw, f)
 }
 
 func (e *Engine) publish(ctx context.Context, subject, msgID string, data []byte) error {
@@ -315,7 +325,7 @@ func (e *Engine) do(ctx context.Context, o outboxEntry) error {
 		// indexed before it looks, so of two flows created at once at
 		// least one sees the other; the message ids make a notice sent by
 		// both sides count once.
-		older, err := e.st.OlderActiveFlows(ctx, o.Service, o.At)
+		older, newer, err := e.st.ActiveFlowsAround(ctx, o.Service, o.At)
 		if err != nil {
 			return err
 		}
@@ -328,9 +338,8 @@ func (e *Engine) do(ctx context.Context, o outboxEntry) error {
 				return err
 			}
 		}
-		newer, err := e.st.NewestActiveFlow(ctx, o.Service, o.At)
-		if err != nil || newer == "" || newer == o.FlowID {
-			return err
+		if newer == "" || newer == o.FlowID {
+			return nil
 		}
 		nf, err := e.st.GetFlow(ctx, newer)
 		if err != nil {
