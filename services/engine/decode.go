@@ -13,6 +13,7 @@ import (
 
 	"github.com/shanenoi/otariinae/pkg/config"
 	"github.com/shanenoi/otariinae/pkg/flow"
+	"github.com/shanenoi/otariinae/pkg/ghevent"
 	"github.com/shanenoi/otariinae/pkg/store"
 	"github.com/shanenoi/otariinae/pkg/wire"
 )
@@ -152,14 +153,12 @@ func (e *Engine) decodeTrigger(ctx context.Context, data []byte) ([]target, erro
 	return []target{t}, nil
 }
 
-// minimal GitHub shapes the engine routes on (go-github parses the rest).
+// decodeGitHub turns a GitHub delivery into flow creates. A push needs
+// three fields, read in one pass by ghevent.Scan; a pull request is parsed
+// whole by go-github (it needs the number and the base ref).
 func (e *Engine) decodeGitHub(msg jetstream.Msg) ([]target, error) {
 	typ := msg.Headers().Get(wire.HeaderGitHubEvent)
 	delivery := msg.Headers().Get(wire.HeaderDelivery)
-	payload, err := github.ParseWebHook(typ, msg.Data())
-	if err != nil {
-		return nil, fmt.Errorf("parse github %s delivery %s: %w", typ, delivery, err)
-	}
 	eventID := "gh." + delivery
 	// The repository is the one ingest verified the signature for (the
 	// URL's), never the payload's own claim.
@@ -167,21 +166,30 @@ func (e *Engine) decodeGitHub(msg jetstream.Msg) ([]target, error) {
 	if repo == "" {
 		return nil, fmt.Errorf("github delivery %s has no %s header", delivery, wire.HeaderRepository)
 	}
-	switch ev := payload.(type) {
-	case *github.PushEvent:
-		commit := strings.ToLower(ev.GetAfter())
-		if ev.GetDeleted() || !wire.ValidCommit(commit) {
+	if typ == "push" {
+		ev, err := ghevent.Scan(msg.Data())
+		if err != nil {
+			return nil, fmt.Errorf("parse github push delivery %s: %w", delivery, err)
+		}
+		commit := strings.ToLower(ev.After)
+		if ev.Deleted || !wire.ValidCommit(commit) {
 			return nil, nil // nothing to deploy; ingest normally filters these
 		}
-		if branch, ok := strings.CutPrefix(ev.GetRef(), "refs/heads/"); ok {
-			return e.createFlows(eventID, config.ArtifactOf(repo), commit, commit, ev.GetRef(), repo, nil,
+		if branch, ok := strings.CutPrefix(ev.Ref, "refs/heads/"); ok {
+			return e.createFlows(eventID, config.ArtifactOf(repo), commit, commit, ev.Ref, repo, nil,
 				func(s *config.Service) bool { return s.TracksBranch(branch) }), nil
 		}
-		if tag, ok := strings.CutPrefix(ev.GetRef(), "refs/tags/"); ok {
-			return e.createFlows(eventID, config.ArtifactOf(repo), tag, commit, ev.GetRef(), repo, map[string]string{"tag": tag},
+		if tag, ok := strings.CutPrefix(ev.Ref, "refs/tags/"); ok {
+			return e.createFlows(eventID, config.ArtifactOf(repo), tag, commit, ev.Ref, repo, map[string]string{"tag": tag},
 				func(s *config.Service) bool { return s.Tags }), nil
 		}
 		return nil, nil
+	}
+	payload, err := github.ParseWebHook(typ, msg.Data())
+	if err != nil {
+		return nil, fmt.Errorf("parse github %s delivery %s: %w", typ, delivery, err)
+	}
+	switch ev := payload.(type) {
 	case *github.PullRequestEvent:
 		switch ev.GetAction() {
 		case "opened", "reopened", "synchronize":

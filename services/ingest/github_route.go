@@ -5,28 +5,9 @@ import (
 	"strings"
 
 	"github.com/shanenoi/otariinae/pkg/config"
+	"github.com/shanenoi/otariinae/pkg/ghevent"
 	"github.com/shanenoi/otariinae/pkg/wire"
 )
-
-// hookFields is the little of a push or pull_request payload that ingest
-// routes on, picked out by scanFields. Decoding only these keeps the hot
-// path cheap; the engine parses the whole payload (go-github's types) when
-// it applies the event.
-type hookFields struct {
-	Ref         string `json:"ref"`
-	After       string `json:"after"`
-	Deleted     bool   `json:"deleted"`
-	Action      string `json:"action"`
-	PullRequest *struct {
-		Head struct {
-			SHA string `json:"sha"`
-			Ref string `json:"ref"`
-		} `json:"head"`
-	} `json:"pull_request"`
-	Repository *struct {
-		FullName string `json:"full_name"`
-	} `json:"repository"`
-}
 
 // routed is ingest's decision on one delivery: ignored says why nothing is
 // published ("" when it is published), ref and commit are for the log.
@@ -48,7 +29,7 @@ func route(typ, repo string, payload []byte, services []*config.Service) (routed
 	default:
 		return routed{ignored: "event " + typ + " is not handled"}, nil
 	}
-	f, err := scanFields(payload)
+	f, err := ghevent.Scan(payload)
 	if err != nil {
 		return routed{}, errors.New("malformed " + typ + " payload: not a valid JSON object")
 	}
@@ -64,7 +45,7 @@ func route(typ, repo string, payload []byte, services []*config.Service) (routed
 	return routePush(repo, f, services)
 }
 
-func routePush(repo string, f hookFields, services []*config.Service) (routed, error) {
+func routePush(repo string, f ghevent.Fields, services []*config.Service) (routed, error) {
 	rt := routed{ref: f.Ref, commit: strings.ToLower(f.After)}
 	if branch, ok := strings.CutPrefix(f.Ref, "refs/heads/"); ok {
 		if f.Deleted {
@@ -99,7 +80,7 @@ func routePush(repo string, f hookFields, services []*config.Service) (routed, e
 	return rt, nil
 }
 
-func routePR(repo string, f hookFields, services []*config.Service) (routed, error) {
+func routePR(repo string, f ghevent.Fields, services []*config.Service) (routed, error) {
 	if f.PullRequest == nil {
 		return routed{}, errors.New("malformed pull_request payload: no pull_request")
 	}

@@ -1,4 +1,4 @@
-package ingest
+package ghevent
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 	"github.com/shanenoi/otariinae/pkg/testenv"
 )
 
-func TestScanFields(t *testing.T) {
+func TestScan(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name string
@@ -42,36 +42,36 @@ func TestScanFields(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := scanFields([]byte(tt.in))
+			got, err := Scan([]byte(tt.in))
 			if !tt.ok {
 				require.Error(t, err)
 				return
 			}
 			require.NoError(t, err)
-			var want hookFields
+			var want Fields
 			require.NoError(t, json.Unmarshal([]byte(tt.in), &want))
 			require.Equal(t, want, got)
 		})
 	}
 }
 
-// FuzzScanFields checks scanFields against encoding/json: it accepts an
+// FuzzScan checks Scan against encoding/json: it accepts an
 // object exactly when json.Valid does (unless a routed field has the wrong
 // type), and extracts what json.Unmarshal would.
-func FuzzScanFields(f *testing.F) {
+func FuzzScan(f *testing.F) {
 	f.Add(testenv.PushPayload("acme/web", "refs/tags/v1", sha1))
 	f.Add(prPayload("acme/lib", "synchronize", sha2))
 	f.Add([]byte(`{"ref":"a\u00e9","deleted":false,"x":[1,{"y":null}],"pull_request":{"head":{"ref":"r"}}}`))
 	f.Add([]byte(`{"a":1e5, "b": -0.5, "c": "\\\"", "d": [true,false,null]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		got, err := scanFields(data)
+		got, err := Scan(data)
 		valid := json.Valid(data)
 		if err == nil {
 			if !valid {
 				t.Fatalf("accepted invalid JSON %q", data)
 			}
 		} else if valid && strings.HasPrefix(strings.TrimLeft(string(data), " \t\r\n"), "{") {
-			var want hookFields
+			var want Fields
 			if json.Unmarshal(data, &want) == nil && isASCII(data) {
 				t.Fatalf("rejected valid JSON %q: %v", data, err)
 			}
@@ -79,12 +79,30 @@ func FuzzScanFields(f *testing.F) {
 		if err != nil || !utf8.Valid(data) || !isASCII(data) {
 			return
 		}
-		var want hookFields
+		var want Fields
 		if json.Unmarshal(data, &want) != nil {
 			return
 		}
 		require.Equal(t, want, got, "%q", data)
 	})
+}
+
+var (
+	sha1 = strings.Repeat("a1", 20)
+	sha2 = strings.Repeat("b2", 20)
+)
+
+func prPayload(repo, action, sha string) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"action": action, "number": 7,
+		"pull_request": map[string]any{
+			"number": 7, "state": "open",
+			"head": map[string]any{"sha": sha, "ref": "feature/x"},
+			"base": map[string]any{"sha": sha2, "ref": "main"},
+		},
+		"repository": map[string]any{"full_name": repo},
+	})
+	return b
 }
 
 func isASCII(b []byte) bool {

@@ -1,4 +1,7 @@
-package ingest
+// Package ghevent reads the few fields otariinae routes on out of a GitHub
+// push or pull_request payload, in one pass and without decoding the rest.
+// Ingest routes on them; the engine creates flows from them.
+package ghevent
 
 import (
 	"bytes"
@@ -6,20 +9,46 @@ import (
 	"errors"
 )
 
-// errMalformed is any payload that is not one valid JSON object.
-var errMalformed = errors.New("not valid JSON")
+// ErrMalformed is any payload that is not one valid JSON object.
+var ErrMalformed = errors.New("not valid JSON")
+
+// Fields is the little of a push or pull_request payload that otariinae
+// routes on. The JSON tags are the payload's names: Scan fills Fields as
+// json.Unmarshal would.
+type Fields struct {
+	Ref         string       `json:"ref"`
+	After       string       `json:"after"`
+	Deleted     bool         `json:"deleted"`
+	Action      string       `json:"action"`
+	PullRequest *PullRequest `json:"pull_request"`
+	Repository  *Repository  `json:"repository"`
+}
+
+// PullRequest is the routed part of a payload's pull_request.
+type PullRequest struct {
+	Head struct {
+		SHA string `json:"sha"`
+		Ref string `json:"ref"`
+	} `json:"head"`
+}
+
+// Repository is the routed part of a payload's repository.
+type Repository struct {
+	FullName string `json:"full_name"`
+}
 
 // maxJSONDepth matches encoding/json's nesting limit.
 const maxJSONDepth = 10000
 
-// scanFields validates payload as JSON in one pass and picks out the few
-// fields ingest routes on. It accepts exactly what json.Valid accepts
-// (when the top level is an object; FuzzScanFields checks it against
-// encoding/json), and fills f as json.Unmarshal would, but without
-// encoding/json's second pass and per-byte indirect calls: on an 8 KB
-// push this was half of ingest's CPU time (docs/performance.md).
-func scanFields(payload []byte) (hookFields, error) {
-	var f hookFields
+// Scan validates payload as JSON in one pass and picks out Fields. It
+// accepts exactly what json.Valid accepts (when the top level is an
+// object; FuzzScan checks it against encoding/json), and fills Fields as
+// json.Unmarshal would, but without encoding/json's second pass and
+// per-byte indirect calls: on an 8 KB push this was half of ingest's CPU
+// time, and a full go-github decode was a tenth of the engine's
+// (docs/performance.md).
+func Scan(payload []byte) (Fields, error) {
+	var f Fields
 	var sha, headRef, fullName string
 	var pr, repo bool
 	p := jsonScanner{b: payload}
@@ -60,28 +89,21 @@ func scanFields(payload []byte) (hookFields, error) {
 	}
 	p.ws()
 	if p.i >= len(p.b) || p.b[p.i] != '{' {
-		return f, errMalformed
+		return f, ErrMalformed
 	}
 	if err := p.value(target{obj: top}, 0); err != nil {
 		return f, err
 	}
 	p.ws()
 	if p.i != len(p.b) {
-		return f, errMalformed
+		return f, ErrMalformed
 	}
 	if pr {
-		f.PullRequest = &struct {
-			Head struct {
-				SHA string `json:"sha"`
-				Ref string `json:"ref"`
-			} `json:"head"`
-		}{}
+		f.PullRequest = &PullRequest{}
 		f.PullRequest.Head.SHA, f.PullRequest.Head.Ref = sha, headRef
 	}
 	if repo {
-		f.Repository = &struct {
-			FullName string `json:"full_name"`
-		}{FullName: fullName}
+		f.Repository = &Repository{FullName: fullName}
 	}
 	return f, nil
 }
@@ -122,15 +144,15 @@ func (p *jsonScanner) ws() {
 func (p *jsonScanner) value(t target, depth int) error {
 	p.ws()
 	if p.i >= len(p.b) {
-		return errMalformed
+		return ErrMalformed
 	}
 	switch c := p.b[p.i]; {
 	case c == '{':
 		if depth >= maxJSONDepth {
-			return errMalformed
+			return ErrMalformed
 		}
 		if t.str != nil || t.boolean != nil {
-			return errMalformed // an object where a string or bool belongs
+			return ErrMalformed // an object where a string or bool belongs
 		}
 		if t.present != nil {
 			*t.present = true
@@ -138,12 +160,12 @@ func (p *jsonScanner) value(t target, depth int) error {
 		return p.object(t.obj, depth+1)
 	case c == '[':
 		if depth >= maxJSONDepth || t.str != nil || t.boolean != nil || t.obj != nil {
-			return errMalformed
+			return ErrMalformed
 		}
 		return p.array(depth + 1)
 	case c == '"':
 		if t.boolean != nil || t.obj != nil {
-			return errMalformed
+			return ErrMalformed
 		}
 		start := p.i
 		escaped, err := p.string()
@@ -155,7 +177,7 @@ func (p *jsonScanner) value(t target, depth int) error {
 			if !escaped {
 				*t.str = string(raw)
 			} else if err := json.Unmarshal(p.b[start:p.i], t.str); err != nil {
-				return errMalformed
+				return ErrMalformed
 			}
 		}
 		return nil
@@ -165,25 +187,25 @@ func (p *jsonScanner) value(t target, depth int) error {
 		return p.literal("false", t, false)
 	case c == 'n':
 		if !bytes.HasPrefix(p.b[p.i:], []byte("null")) {
-			return errMalformed
+			return ErrMalformed
 		}
 		p.i += 4 // null leaves the target as it was, as in encoding/json
 		return nil
 	case c == '-' || (c >= '0' && c <= '9'):
 		if t.str != nil || t.boolean != nil || t.obj != nil {
-			return errMalformed
+			return ErrMalformed
 		}
 		return p.number()
 	}
-	return errMalformed
+	return ErrMalformed
 }
 
 func (p *jsonScanner) literal(word string, t target, v bool) error {
 	if !bytes.HasPrefix(p.b[p.i:], []byte(word)) {
-		return errMalformed
+		return ErrMalformed
 	}
 	if t.str != nil || t.obj != nil {
-		return errMalformed
+		return ErrMalformed
 	}
 	if t.boolean != nil {
 		*t.boolean = v
@@ -202,7 +224,7 @@ func (p *jsonScanner) object(keys func([]byte) target, depth int) error {
 	for {
 		p.ws()
 		if p.i >= len(p.b) || p.b[p.i] != '"' {
-			return errMalformed
+			return ErrMalformed
 		}
 		start := p.i
 		escaped, err := p.string()
@@ -213,13 +235,13 @@ func (p *jsonScanner) object(keys func([]byte) target, depth int) error {
 		if escaped {
 			var s string
 			if json.Unmarshal(p.b[start:p.i], &s) != nil {
-				return errMalformed
+				return ErrMalformed
 			}
 			key = []byte(s)
 		}
 		p.ws()
 		if p.i >= len(p.b) || p.b[p.i] != ':' {
-			return errMalformed
+			return ErrMalformed
 		}
 		p.i++
 		var t target
@@ -265,31 +287,31 @@ func (p *jsonScanner) string() (bool, error) {
 		case c == '\\':
 			escaped = true
 			if p.i+1 >= len(p.b) {
-				return false, errMalformed
+				return false, ErrMalformed
 			}
 			switch p.b[p.i+1] {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 				p.i += 2
 			case 'u':
 				if p.i+6 > len(p.b) {
-					return false, errMalformed
+					return false, ErrMalformed
 				}
 				for _, h := range p.b[p.i+2 : p.i+6] {
 					if !isHex(h) {
-						return false, errMalformed
+						return false, ErrMalformed
 					}
 				}
 				p.i += 6
 			default:
-				return false, errMalformed
+				return false, ErrMalformed
 			}
 		case c < 0x20:
-			return false, errMalformed
+			return false, ErrMalformed
 		default:
 			p.i++
 		}
 	}
-	return false, errMalformed
+	return false, ErrMalformed
 }
 
 func isHex(c byte) bool {
@@ -311,17 +333,17 @@ func (p *jsonScanner) number() error {
 		p.i++
 	}
 	if p.i >= len(p.b) {
-		return errMalformed
+		return ErrMalformed
 	}
 	if p.b[p.i] == '0' {
 		p.i++
 	} else if p.digits() == 0 {
-		return errMalformed
+		return ErrMalformed
 	}
 	if p.i < len(p.b) && p.b[p.i] == '.' {
 		p.i++
 		if p.digits() == 0 {
-			return errMalformed
+			return ErrMalformed
 		}
 	}
 	if p.i < len(p.b) && (p.b[p.i] == 'e' || p.b[p.i] == 'E') {
@@ -330,7 +352,7 @@ func (p *jsonScanner) number() error {
 			p.i++
 		}
 		if p.digits() == 0 {
-			return errMalformed
+			return ErrMalformed
 		}
 	}
 	return nil
@@ -341,7 +363,7 @@ func (p *jsonScanner) number() error {
 func (p *jsonScanner) next(closing byte) (bool, error) {
 	p.ws()
 	if p.i >= len(p.b) {
-		return false, errMalformed
+		return false, ErrMalformed
 	}
 	switch p.b[p.i] {
 	case ',':
@@ -351,5 +373,5 @@ func (p *jsonScanner) next(closing byte) (bool, error) {
 		p.i++
 		return true, nil
 	}
-	return false, errMalformed
+	return false, ErrMalformed
 }
