@@ -30,33 +30,19 @@ var (
 // ReleaseSlot of the holder will name it, or it already released the
 // environment and its request is a stale replay (false: nothing to grant).
 func (s *Store) RequestSlot(ctx context.Context, service, env, deploymentID string) (bool, error) {
-	cmd, err := s.eval(ctx, slotRequestScript, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env), s.keys.EnvReleased(service, env)}, []any{deploymentID}, nil)
-	var n int
-	if err == nil {
-		n, err = cmd.Int()
-	}
-	if err != nil {
-		return false, fmt.Errorf("request %s/%s for %s: %w", service, env, deploymentID, err)
-	}
-	return n == 1, nil
+	b := s.NewBatch()
+	res := b.RequestSlot(ctx, service, env, deploymentID)
+	_ = b.Exec(ctx)
+	return res()
 }
 
 // ReleaseSlot frees (service, env) from a deployment and returns the
 // deployment that holds it next ("" for none); see slot_release.lua.
 func (s *Store) ReleaseSlot(ctx context.Context, service, env, deploymentID string) (string, error) {
-	cmd, err := s.eval(ctx, slotReleaseScript, []string{s.keys.EnvSlot(service, env), s.keys.EnvQueue(service, env), s.keys.EnvReleased(service, env)},
-		[]any{deploymentID, time.Now().UnixMilli()}, nil)
-	var next string
-	if err == nil {
-		next, err = cmd.Text()
-	}
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("release %s/%s from %s: %w", service, env, deploymentID, err)
-	}
-	return next, nil
+	b := s.NewBatch()
+	res := b.ReleaseSlot(ctx, service, env, deploymentID)
+	_ = b.Exec(ctx)
+	return res()
 }
 
 // SlotHolder returns the deployment holding (service, env) and those waiting.
@@ -75,13 +61,10 @@ func timerMember(flowID, key string) string { return flowID + "|" + key }
 
 // AddTimer schedules a timer of a flow. Idempotent.
 func (s *Store) AddTimer(ctx context.Context, flowID, key string, at time.Time) error {
-	_, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
-		return p.ZAdd(ctx, s.keys.Timers(), redis.Z{Score: float64(at.UnixMilli()), Member: timerMember(flowID, key)})
-	})
-	if err != nil {
-		return fmt.Errorf("add timer %s of %s: %w", key, flowID, err)
-	}
-	return nil
+	b := s.NewBatch()
+	res := b.AddTimer(ctx, flowID, key, at)
+	_ = b.Exec(ctx)
+	return res()
 }
 
 // Timer is a due timer.
@@ -122,15 +105,10 @@ func (s *Store) RemoveTimer(ctx context.Context, t Timer) error {
 
 // SetLastSucceeded records the version that just succeeded in env.
 func (s *Store) SetLastSucceeded(ctx context.Context, service, env string, v flow.LastSuccess) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encode last success: %w", err)
-	}
-	_, err = s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder { return p.HSet(ctx, s.keys.LastSucceeded(service), env, b) })
-	if err != nil {
-		return fmt.Errorf("record last success of %s/%s: %w", service, env, err)
-	}
-	return nil
+	b := s.NewBatch()
+	res := b.SetLastSucceeded(ctx, service, env, v)
+	_ = b.Exec(ctx)
+	return res()
 }
 
 // LastSucceeded returns the last version that succeeded in each
@@ -155,20 +133,8 @@ func (s *Store) LastSucceeded(ctx context.Context, service string) (map[string]f
 // service created before at (oldest first) and the newest one created
 // after it ("" when there is none).
 func (s *Store) ActiveFlowsAround(ctx context.Context, service string, at time.Time) (older []string, newer string, err error) {
-	key, micros := s.keys.ServiceActive(service), strconv.FormatInt(at.UnixMicro(), 10)
-	var before *redis.StringSliceCmd
-	c, err := s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {
-		before = p.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "(" + micros})
-		return p.ZRevRangeByScore(ctx, key, &redis.ZRangeBy{Min: "(" + micros, Max: "+inf", Count: 1})
-	})
-	if err == nil {
-		err = before.Err()
-	}
-	if err != nil {
-		return nil, "", fmt.Errorf("read active flows of %s: %w", service, err)
-	}
-	if after := c.(*redis.StringSliceCmd).Val(); len(after) > 0 {
-		newer = after[0]
-	}
-	return before.Val(), newer, nil
+	b := s.NewBatch()
+	res := b.ActiveFlowsAround(ctx, service, at)
+	_ = b.Exec(ctx)
+	return res()
 }

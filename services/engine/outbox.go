@@ -227,10 +227,33 @@ func jobFor(f *flow.Flow, ef flow.Effect, at time.Time) (wire.Job, error) {
 
 // runOutbox carries out the flow's outbox entries, in order, then removes
 // them (and indexes f, when given, in the same round trip). Publishes go
-// out asynchronously and are all awaited before anything is removed. On an
-// error the entries stay for the replay.
+// out asynchronously; a run of Redis operations goes in one round trip,
+// after the publishes before it are acknowledged; everything is awaited
+// before anything is removed. On an error the entries stay for the replay.
 func (e *Engine) runOutbox(ctx context.Context, flowID string, ob outbox, f *flow.Flow) error {
+	entries := ob.entries
+	if entries == nil {
+		entries = make([]outboxEntry, 0, len(ob.raw))
+		for _, raw := range ob.raw {
+			var o outboxEntry
+			if err := json.Unmarshal(raw, &o); err != nil {
+				// Written by this package; unreadable means a bug. Keep
+				// going with the rest rather than blocking the flow forever.
+				e.log.Error("undecodable outbox entry dropped", "flow_id", flowID, "err", err)
+				continue
+			}
+			entries = append(entries, o)
+		}
+	}
 	var pending []jetstream.PubAckFuture
+	publish := func(subject, msgID string, data []byte) error {
+		p, err := e.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: data, Header: nats.Header{wire.HeaderMsgID: []string{msgID}}})
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", subject, err)
+		}
+		pending = append(pending, p)
+		return nil
+	}
 	wait := func() error {
 		for _, p := range pending {
 			select {
@@ -244,38 +267,139 @@ func (e *Engine) runOutbox(ctx context.Context, flowID string, ob outbox, f *flo
 		pending = pending[:0]
 		return nil
 	}
-	for i, raw := range ob.raw {
-		var o outboxEntry
-		if ob.entries != nil {
-			o = ob.entries[i]
-		} else if err := json.Unmarshal(raw, &o); err != nil {
-			// Written by this package; unreadable means a bug. Keep going
-			// with the rest rather than blocking the flow forever.
-			e.log.Error("undecodable outbox entry dropped", "flow_id", flowID, "err", err)
-			continue
-		}
-		if o.Op == opPublish {
-			p, err := e.js.PublishMsgAsync(&nats.Msg{Subject: o.Subject, Data: o.Data, Header: nats.Header{wire.HeaderMsgID: []string{o.MsgID}}})
-			if err != nil {
-				return fmt.Errorf("outbox publish of flow %s: %w", flowID, err)
+	for i := 0; i < len(entries); {
+		o := entries[i]
+		var err error
+		switch {
+		case o.Op == opPublish:
+			if err = publish(o.Subject, o.MsgID, o.Data); err == nil {
+				e.m.published.WithLabelValues(o.Op).Inc()
 			}
-			pending = append(pending, p)
-			e.m.published.WithLabelValues(o.Op).Inc()
-			continue
+			i++
+		case inRedis(o.Op):
+			j := i + 1
+			for j < len(entries) && inRedis(entries[j].Op) {
+				j++
+			}
+			// Operations may depend on what was published before them.
+			if err = wait(); err == nil {
+				err = e.doRedis(ctx, entries[i:j], publish)
+			}
+			i = j
+		default:
+			if err = wait(); err == nil {
+				if err = e.do(ctx, o); err == nil {
+					e.m.published.WithLabelValues(o.Op).Inc()
+				}
+			}
+			i++
 		}
-		// Other operations may depend on what was published before them.
-		if err := wait(); err != nil {
+		if err != nil {
 			return fmt.Errorf("outbox of flow %s: %w", flowID, err)
 		}
-		if err := e.do(ctx, o); err != nil {
-			return fmt.Errorf("outbox %s of flow %s: %w", o.Op, flowID, err)
-		}
-		e.m.published.WithLabelValues(o.Op).Inc()
 	}
 	if err := wait(); err != nil {
 		return fmt.Errorf("outbox of flow %s: %w", flowID, err)
 	}
 	return e.st.AckOutbox(ctx, flowID, ob.raw, f)
+}
+
+// inRedis reports whether an outbox operation is carried out in Redis, so
+// that it can share a round trip with its neighbours.
+func inRedis(op string) bool {
+	switch op {
+	case opTimer, opSlot, opRelease, opSucceeded, opSupersede:
+		return true
+	}
+	return false
+}
+
+// doRedis carries out a run of Redis operations in one round trip, then
+// what follows from their answers (environment grants, supersede notices)
+// through publish.
+func (e *Engine) doRedis(ctx context.Context, ops []outboxEntry, publish func(subject, msgID string, data []byte) error) error {
+	b := e.st.NewBatch()
+	then := make([]func() error, len(ops))
+	for k, o := range ops {
+		switch o.Op {
+		case opTimer:
+			then[k] = b.AddTimer(ctx, o.FlowID, o.Key, o.At)
+		case opSlot:
+			granted := b.RequestSlot(ctx, o.Service, o.Environment, o.DeploymentID)
+			then[k] = func() error {
+				ok, err := granted()
+				if err != nil || !ok {
+					return err
+				}
+				return e.grant(o.DeploymentID, publish)
+			}
+		case opRelease:
+			next := b.ReleaseSlot(ctx, o.Service, o.Environment, o.DeploymentID)
+			then[k] = func() error {
+				dep, err := next()
+				if err != nil || dep == "" {
+					return err
+				}
+				return e.grant(dep, publish)
+			}
+		case opSucceeded:
+			then[k] = b.SetLastSucceeded(ctx, o.Service, o.Environment, *o.Last)
+		case opSupersede:
+			around := b.ActiveFlowsAround(ctx, o.Service, o.At)
+			then[k] = func() error {
+				older, newer, err := around()
+				if err != nil {
+					return err
+				}
+				return e.supersede(ctx, o, older, newer, publish)
+			}
+		}
+	}
+	if err := b.Exec(ctx); err != nil {
+		return err
+	}
+	for k, fn := range then {
+		if err := fn(); err != nil {
+			return fmt.Errorf("%s: %w", ops[k].Op, err)
+		}
+		e.m.published.WithLabelValues(ops[k].Op).Inc()
+	}
+	return nil
+}
+
+// supersede sends the notices of a new flow's supersede operation. Both
+// sides look: the new flow tells older ones to give way, and gives way
+// itself if a newer one already exists. Each flow is indexed before it
+// looks, so of two flows created at once at least one sees the other; the
+// message ids make a notice sent by both sides count once.
+func (e *Engine) supersede(ctx context.Context, o outboxEntry, older []string, newer string, publish func(subject, msgID string, data []byte) error) error {
+	for _, old := range older {
+		if old == o.FlowID {
+			continue
+		}
+		ie := internalEvent{Kind: "supersede", FlowID: old, By: o.FlowID, Version: o.Version}
+		if err := publishEvent(publish, "supersede."+old+"."+o.FlowID, ie); err != nil {
+			return err
+		}
+	}
+	if newer == "" || newer == o.FlowID {
+		return nil
+	}
+	nf, err := e.st.GetFlow(ctx, newer)
+	if err != nil {
+		return err
+	}
+	ie := internalEvent{Kind: "supersede", FlowID: o.FlowID, By: newer, Version: nf.Version}
+	return publishEvent(publish, "supersede."+o.FlowID+"."+newer, ie)
+}
+
+// publishEvent sends an internal event through publish.
+func publishEvent(publish func(subject, msgID string, data []byte) error, msgID string, ie internalEvent) error {
+	b, err := json.Marshal(ie)
+	if err != nil {
+		return fmt.Errorf("encode internal event: %w", err)
+	}
+	return publish(wire.SubjectInternal, msgID, b)
 }
 
 func (e *Engine) publish(ctx context.Context, subject, msgID string, data []byte) error {
@@ -293,25 +417,10 @@ func (e *Engine) publishInternal(ctx context.Context, msgID string, ie internalE
 	return e.publish(ctx, wire.SubjectInternal, msgID, b)
 }
 
-// do carries out one outbox operation.
+// do carries out one outbox operation that is not a publish and not in
+// Redis.
 func (e *Engine) do(ctx context.Context, o outboxEntry) error {
 	switch o.Op {
-	case opTimer:
-		return e.st.AddTimer(ctx, o.FlowID, o.Key, o.At)
-	case opSlot:
-		granted, err := e.st.RequestSlot(ctx, o.Service, o.Environment, o.DeploymentID)
-		if err != nil || !granted {
-			return err
-		}
-		return e.grant(ctx, o.DeploymentID)
-	case opRelease:
-		next, err := e.st.ReleaseSlot(ctx, o.Service, o.Environment, o.DeploymentID)
-		if err != nil || next == "" {
-			return err
-		}
-		return e.grant(ctx, next)
-	case opSucceeded:
-		return e.st.SetLastSucceeded(ctx, o.Service, o.Environment, *o.Last)
 	case opCancel:
 		for _, id := range o.JobIDs {
 			if _, err := e.cancels.Put(ctx, id, []byte(o.Reason)); err != nil {
@@ -319,43 +428,15 @@ func (e *Engine) do(ctx context.Context, o outboxEntry) error {
 			}
 		}
 		return nil
-	case opSupersede:
-		// Both sides look: the new flow tells older ones to give way, and
-		// gives way itself if a newer one already exists. Each flow is
-		// indexed before it looks, so of two flows created at once at
-		// least one sees the other; the message ids make a notice sent by
-		// both sides count once.
-		older, newer, err := e.st.ActiveFlowsAround(ctx, o.Service, o.At)
-		if err != nil {
-			return err
-		}
-		for _, old := range older {
-			if old == o.FlowID {
-				continue
-			}
-			ie := internalEvent{Kind: "supersede", FlowID: old, By: o.FlowID, Version: o.Version}
-			if err := e.publishInternal(ctx, "supersede."+old+"."+o.FlowID, ie); err != nil {
-				return err
-			}
-		}
-		if newer == "" || newer == o.FlowID {
-			return nil
-		}
-		nf, err := e.st.GetFlow(ctx, newer)
-		if err != nil {
-			return err
-		}
-		ie := internalEvent{Kind: "supersede", FlowID: o.FlowID, By: newer, Version: nf.Version}
-		return e.publishInternal(ctx, "supersede."+o.FlowID+"."+newer, ie)
 	}
 	return fmt.Errorf("unknown outbox operation %q", o.Op)
 }
 
 // grant tells a deployment's flow that its environment is free.
-func (e *Engine) grant(ctx context.Context, deploymentID string) error {
+func (e *Engine) grant(deploymentID string, publish func(subject, msgID string, data []byte) error) error {
 	flowID, ok := flow.FlowIDOf(deploymentID)
 	if !ok {
 		return fmt.Errorf("grant to bad deployment id %q", deploymentID)
 	}
-	return e.publishInternal(ctx, "slot."+deploymentID, internalEvent{Kind: "slot", FlowID: flowID, DeploymentID: deploymentID})
+	return publishEvent(publish, "slot."+deploymentID, internalEvent{Kind: "slot", FlowID: flowID, DeploymentID: deploymentID})
 }
