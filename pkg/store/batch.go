@@ -175,11 +175,16 @@ func (b *Batch) SetLastSucceeded(ctx context.Context, service, env string, v flo
 	}
 }
 
-// ActiveFlowsAround adds Store.ActiveFlowsAround.
-func (b *Batch) ActiveFlowsAround(ctx context.Context, service string, at time.Time) func() ([]string, string, error) {
+// JoinActive adds a flow created at to its service's in-progress flows
+// (if it is not there yet), then reads the others: those created before
+// it, oldest first, and the newest created after it ("" when none). In
+// that order, so of two flows that join at once, at least one sees the
+// other.
+func (b *Batch) JoinActive(ctx context.Context, service, flowID string, at time.Time) func() ([]string, string, error) {
 	key, micros := b.s.keys.ServiceActive(service), strconv.FormatInt(at.UnixMicro(), 10)
 	i := b.add(nil, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{
+			p.ZAddNX(ctx, key, redis.Z{Score: float64(at.UnixMicro()), Member: flowID}),
 			p.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "(" + micros}),
 			p.ZRevRangeByScore(ctx, key, &redis.ZRangeBy{Min: "(" + micros, Max: "+inf", Count: 1}),
 		}
@@ -190,9 +195,9 @@ func (b *Batch) ActiveFlowsAround(ctx context.Context, service string, at time.T
 			return nil, "", fmt.Errorf("read active flows of %s: %w", service, err)
 		}
 		var newer string
-		if after := cs[1].(*redis.StringSliceCmd).Val(); len(after) > 0 {
+		if after := cs[2].(*redis.StringSliceCmd).Val(); len(after) > 0 {
 			newer = after[0]
 		}
-		return cs[0].(*redis.StringSliceCmd).Val(), newer, nil
+		return cs[1].(*redis.StringSliceCmd).Val(), newer, nil
 	}
 }

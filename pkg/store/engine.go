@@ -128,13 +128,3 @@ func (s *Store) LastSucceeded(ctx context.Context, service string) (map[string]f
 	}
 	return out, nil
 }
-
-// ActiveFlowsAround returns, in one round trip, the in-progress flows of a
-// service created before at (oldest first) and the newest one created
-// after it ("" when there is none).
-func (s *Store) ActiveFlowsAround(ctx context.Context, service string, at time.Time) (older []string, newer string, err error) {
-	b := s.NewBatch()
-	res := b.ActiveFlowsAround(ctx, service, at)
-	_ = b.Exec(ctx)
-	return res()
-}

@@ -84,10 +84,14 @@ type Committed struct {
 // atomically, if the flow is still at rev. It returns ErrConflict or
 // ErrAlreadyApplied when it wrote nothing.
 //
-// With index, the flow's read indexes are written in the same round trip
-// (after the script, as plain idempotent commands: they live in other
-// cluster slots). They are written even if the commit loses; they then
-// describe the flow the winner wrote, which has the same id and time.
+// With index (a new flow), the flow's read indexes are written in the same
+// round trip (after the script, as plain idempotent commands: they live in
+// other cluster slots). They are written even if the commit loses, which
+// means the flow exists already under the same id: its entries are there
+// and, added only if absent, stay as they were. The service's set of
+// in-progress flows is not among them (a flow that ended must not come
+// back to it): a new flow joins it in its supersede operation
+// (Batch.JoinActive), and IndexFlow and AckOutbox keep it current.
 func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID string, outbox [][]byte, index bool) (Committed, error) {
 	state, err := json.Marshal(f)
 	if err != nil {
@@ -103,7 +107,7 @@ func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID str
 	// commit); the index commands ride in the same pipeline.
 	var with func(redis.Pipeliner) []redis.Cmder
 	if index {
-		with = func(p redis.Pipeliner) []redis.Cmder { return s.indexFlow(ctx, p, f) }
+		with = func(p redis.Pipeliner) []redis.Cmder { return s.indexListings(ctx, p, f) }
 	}
 	cmd, err := s.eval(ctx, commitScript, keys, args, with)
 	if err != nil {
@@ -189,6 +193,20 @@ func (s *Store) IndexFlow(ctx context.Context, f *flow.Flow) error {
 }
 
 func (s *Store) indexFlow(ctx context.Context, pipe redis.Pipeliner, f *flow.Flow) []redis.Cmder {
+	cmds := s.indexListings(ctx, pipe, f)
+	if f.State.Terminal() {
+		cmds = append(cmds, pipe.ZRem(ctx, s.keys.ServiceActive(f.Service), f.ID))
+	} else {
+		// Microseconds: supersede orders flows of one burst of pushes.
+		cmds = append(cmds, pipe.ZAddNX(ctx, s.keys.ServiceActive(f.Service), redis.Z{Score: float64(f.CreatedAt.UnixMicro()), Member: f.ID}))
+	}
+	return cmds
+}
+
+// indexListings writes the listings a flow appears in (all flows, its
+// service's, its repository's, its commit's, its artifact's versions):
+// entries added only if absent, so writing them again changes nothing.
+func (s *Store) indexListings(ctx context.Context, pipe redis.Pipeliner, f *flow.Flow) []redis.Cmder {
 	score := float64(f.CreatedAt.UnixMilli())
 	repo := RepoKey(f.Repository)
 	cmds := []redis.Cmder{
@@ -200,12 +218,6 @@ func (s *Store) indexFlow(ctx context.Context, pipe redis.Pipeliner, f *flow.Flo
 		cmds = append(cmds,
 			pipe.ZAddNX(ctx, s.keys.RepoFlows(repo), redis.Z{Score: score, Member: f.ID}),
 			pipe.SAdd(ctx, s.keys.CommitFlows(repo, strings.ToLower(f.Commit)), f.ID))
-	}
-	if f.State.Terminal() {
-		cmds = append(cmds, pipe.ZRem(ctx, s.keys.ServiceActive(f.Service), f.ID))
-	} else {
-		// Microseconds: supersede orders flows of one burst of pushes.
-		cmds = append(cmds, pipe.ZAddNX(ctx, s.keys.ServiceActive(f.Service), redis.Z{Score: float64(f.CreatedAt.UnixMicro()), Member: f.ID}))
 	}
 	return cmds
 }

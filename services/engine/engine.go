@@ -141,11 +141,17 @@ func (e *Engine) Run(ctx context.Context) error {
 		return nil // ctx ended before NATS came up
 	}
 	kv, err := e.js.KeyValue(ctx, wire.BucketCancels)
+	if ctx.Err() != nil {
+		return nil // stopped while starting
+	}
 	if err != nil {
 		return fmt.Errorf("open bucket %s: %w", wire.BucketCancels, err)
 	}
 	e.cancels = kv
 	cons, err := e.js.CreateOrUpdateConsumer(ctx, wire.StreamEvents, e.ConsumerConfig())
+	if ctx.Err() != nil {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("create engine consumer: %w", err)
 	}
@@ -338,8 +344,17 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		if attempt == maxConflicts {
 			return "", fmt.Errorf("flow %s: %d write conflicts in a row", t.flowID, attempt)
 		}
-		ld, cached := e.cache.get(t.flowID)
-		if !cached || attempt > 0 {
+		// unverified: ld is this replica's copy of the flow, or a guess,
+		// not read from Redis now; the commit's revision check catches a
+		// wrong one.
+		ld, unverified := e.cache.get(t.flowID)
+		if !unverified && isCreate && attempt == 0 {
+			// A create most often makes a new flow: write it as one
+			// (revision 0) without reading first. The commit refuses if
+			// the flow exists or the event was applied; then we read.
+			ld, unverified = store.Loaded{}, true
+		}
+		if !unverified || attempt > 0 {
 			var err error
 			if ld, err = e.st.LoadFlow(ctx, t.flowID, t.eventID); err != nil {
 				return "", err
@@ -350,7 +365,7 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 			// only the outbox may be left to carry out. Index what is
 			// stored, not this replica's copy, which may be stale.
 			f := ld.Flow
-			if cached {
+			if unverified {
 				f = nil
 			}
 			return "duplicate", e.replay(ctx, t.flowID, f)
@@ -361,7 +376,7 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		}
 		next, effects, err := flow.Apply(ld.Flow, t.event, in)
 		if err != nil {
-			if cached && attempt == 0 {
+			if unverified && attempt == 0 {
 				// Judge the event on the stored state, not on this
 				// replica's copy, which another replica may have outrun.
 				e.cache.drop(t.flowID)
@@ -375,7 +390,7 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		}
 		c, err := e.st.Commit(ctx, next, ld.Rev, t.eventID, ob.raw, isCreate)
 		if errors.Is(err, store.ErrConflict) {
-			if !cached || attempt > 0 {
+			if !unverified || attempt > 0 {
 				e.m.conflicts.Inc()
 			}
 			e.cache.drop(t.flowID)

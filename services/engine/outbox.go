@@ -345,7 +345,7 @@ func (e *Engine) doRedis(ctx context.Context, ops []outboxEntry, publish func(su
 		case opSucceeded:
 			then[k] = b.SetLastSucceeded(ctx, o.Service, o.Environment, *o.Last)
 		case opSupersede:
-			around := b.ActiveFlowsAround(ctx, o.Service, o.At)
+			around := b.JoinActive(ctx, o.Service, o.FlowID, o.At)
 			then[k] = func() error {
 				older, newer, err := around()
 				if err != nil {
@@ -369,9 +369,10 @@ func (e *Engine) doRedis(ctx context.Context, ops []outboxEntry, publish func(su
 
 // supersede sends the notices of a new flow's supersede operation. Both
 // sides look: the new flow tells older ones to give way, and gives way
-// itself if a newer one already exists. Each flow is indexed before it
-// looks, so of two flows created at once at least one sees the other; the
-// message ids make a notice sent by both sides count once.
+// itself if a newer one already exists. Each flow joins the service's
+// in-progress set before it looks (Batch.JoinActive), so of two flows
+// created at once at least one sees the other; the message ids make a
+// notice sent by both sides count once.
 func (e *Engine) supersede(ctx context.Context, o outboxEntry, older []string, newer string, publish func(subject, msgID string, data []byte) error) error {
 	for _, old := range older {
 		if old == o.FlowID {
