@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -54,6 +55,7 @@ type fixture struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	st   *store.Store
+	keys store.Keys
 	conf *config.Live
 	log  func() *Engine
 }
@@ -66,7 +68,7 @@ func setupWith(t testing.TB, yaml string) *fixture {
 	r := testenv.StartRedis(t)
 	conf, err := config.Parse(strings.NewReader(yaml))
 	require.NoError(t, err)
-	fx := &fixture{nc: n.Conn(t), js: n.JetStream(t), st: store.New(r.Client, r.Prefix), conf: config.Static(conf)}
+	fx := &fixture{nc: n.Conn(t), js: n.JetStream(t), st: store.New(r.Client, r.Prefix), keys: store.Keys{Prefix: r.Prefix}, conf: config.Static(conf)}
 	ctx := context.Background()
 	now := time.Now().UTC()
 	for _, a := range []store.AgentRecord{
@@ -217,6 +219,34 @@ func TestEngineRunsAFlow(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, page.Flows, 1)
 	require.Equal(t, f.ID, page.Flows[0].ID)
+}
+
+// TestEngineCreateOfAnEndedFlow sends a second delivery of a commit whose
+// flow has ended (the same flow id, another event id) to an engine that no
+// longer holds the flow: the create is written as new, refused, and
+// recognised as a create of an existing flow. Nothing changes: no job, no
+// hook, and the flow does not come back into its service's in-progress set
+// (where supersede would see it).
+func TestEngineCreateOfAnEndedFlow(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	runEngine(t, fx.newEngine(t))
+	fullRun(t, fx)
+	active := fx.keys.ServiceActive("web")
+	require.ErrorIs(t, fx.st.Client().ZScore(context.Background(), active, flowID).Err(), redis.Nil)
+
+	runEngine(t, fx.newEngine(t)) // a replica with an empty cache
+	for _, d := range []string{"d-2", "d-3"} {
+		fx.publishPush(t, d, d, sha)
+	}
+	fx.waitIdle(t)
+	require.EqualValues(t, wantJobs, fx.streamMsgs(t, wire.StreamJobs))
+	require.EqualValues(t, wantHooks, fx.streamMsgs(t, wire.StreamHooks))
+	fx.waitState(t, flowID, flow.FlowSucceeded, flow.Succeeded, flow.Succeeded)
+	require.ErrorIs(t, fx.st.Client().ZScore(context.Background(), active, flowID).Err(), redis.Nil)
+	n, err := fx.st.Client().ZCard(context.Background(), active).Result()
+	require.NoError(t, err)
+	require.Zero(t, n)
 }
 
 func TestEngineRedeliveredEventsChangeNothing(t *testing.T) {

@@ -1,0 +1,62 @@
+package store_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shanenoi/otariinae/pkg/flow"
+	"github.com/shanenoi/otariinae/pkg/store"
+	"github.com/shanenoi/otariinae/pkg/testenv"
+)
+
+// TestCommitOfAnExistingFlowAsNew is the engine writing a create without
+// reading first, for a flow that exists and has ended: the write is
+// refused, and neither the flow nor its service's in-progress set change
+// (a flow that ended must not come back where supersede looks).
+func TestCommitOfAnExistingFlowAsNew(t *testing.T) {
+	t.Parallel()
+	r := testenv.StartRedis(t)
+	st, keys := store.New(r.Client, r.Prefix), store.Keys{Prefix: r.Prefix}
+	ctx := context.Background()
+	at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	f := apiFlow("web", "v1", flow.FlowInProgress, at)
+
+	_, err := st.Commit(ctx, f, 0, "gh.d-1", nil, true)
+	require.NoError(t, err)
+	done := st.NewBatch()
+	joined := done.JoinActive(ctx, "web", f.ID, f.CreatedAt)
+	require.NoError(t, done.Exec(ctx))
+	older, newer, err := joined()
+	require.NoError(t, err)
+	require.Empty(t, older)
+	require.Empty(t, newer)
+	require.NoError(t, r.Client.ZScore(ctx, keys.ServiceActive("web"), f.ID).Err())
+
+	ended := *f
+	ended.State = flow.FlowSucceeded
+	_, err = st.Commit(ctx, &ended, 1, "job.x", nil, false)
+	require.NoError(t, err)
+	require.NoError(t, st.AckOutbox(ctx, f.ID, nil, &ended))
+	require.ErrorIs(t, r.Client.ZScore(ctx, keys.ServiceActive("web"), f.ID).Err(), redis.Nil)
+
+	// Another delivery of the same commit, a day later.
+	again := apiFlow("web", "v1", flow.FlowInProgress, at.Add(24*time.Hour))
+	_, err = st.Commit(ctx, again, 0, "gh.d-2", nil, true)
+	require.ErrorIs(t, err, store.ErrConflict)
+	got, err := st.GetFlow(ctx, f.ID)
+	require.NoError(t, err)
+	require.Equal(t, flow.FlowSucceeded, got.State)
+	require.ErrorIs(t, r.Client.ZScore(ctx, keys.ServiceActive("web"), f.ID).Err(), redis.Nil)
+	// The listings keep the first delivery's time.
+	score, err := r.Client.ZScore(ctx, keys.ServiceFlows("web"), f.ID).Result()
+	require.NoError(t, err)
+	require.Equal(t, float64(at.UnixMilli()), score)
+
+	// And the same delivery again: already applied.
+	_, err = st.Commit(ctx, again, 2, "job.x", nil, false)
+	require.ErrorIs(t, err, store.ErrAlreadyApplied)
+}
