@@ -130,6 +130,11 @@ type Input struct {
 	At            time.Time
 	Agents        []Agent
 	LastSucceeded map[string]LastSuccess
+	// Listened, when set, says whether anyone listens to a hook type. A
+	// hook nobody listens to is still emitted, without the Snapshot that
+	// would only be thrown away (a copy of the whole flow per hook). Nil:
+	// every hook gets its Snapshot.
+	Listened func(hook string) bool
 }
 
 // EffectKind says what the engine must do for an effect.
@@ -137,7 +142,8 @@ type EffectKind string
 
 // Effect kinds.
 const (
-	// EffectHook: announce Hook with the flow as it was (Snapshot).
+	// EffectHook: announce Hook with the flow as it was (Snapshot; nil when
+	// Input.Listened said nobody listens).
 	EffectHook EffectKind = "hook"
 	// EffectJob: hand a job to AgentID (a deploy, or the script of Promotion).
 	EffectJob EffectKind = "job"
@@ -236,7 +242,7 @@ func Apply(f *Flow, ev Event, in Input) (*Flow, []Effect, error) {
 	if _, ok := ev.(CreateFlow); !ok && f == nil {
 		return f, nil, fmt.Errorf("%w: flow", ErrNotFound)
 	}
-	m := &machine{f: f.Clone(), in: Input{At: in.At.UTC(), Agents: in.Agents, LastSucceeded: in.LastSucceeded}}
+	m := &machine{f: f.Clone(), in: Input{At: in.At.UTC(), Agents: in.Agents, LastSucceeded: in.LastSucceeded, Listened: in.Listened}}
 	var err error
 	switch e := ev.(type) {
 	case CreateFlow:
@@ -272,7 +278,10 @@ func Apply(f *Flow, ev Event, in Input) (*Flow, []Effect, error) {
 func (m *machine) emit(e Effect) { m.effects = append(m.effects, e) }
 
 func (m *machine) hook(typ string, d *Deployment, promotion string) {
-	e := Effect{Kind: EffectHook, Hook: typ, Snapshot: m.f.Clone(), Promotion: promotion}
+	e := Effect{Kind: EffectHook, Hook: typ, Promotion: promotion}
+	if m.in.Listened == nil || m.in.Listened(typ) {
+		e.Snapshot = m.f.Clone()
+	}
 	if d != nil {
 		e.DeploymentID, e.Environment = d.ID, d.Environment
 	}

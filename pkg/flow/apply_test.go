@@ -585,3 +585,47 @@ func BenchmarkApply(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(evs)), "ns/event")
 }
+
+// TestHookSnapshotsOnlyWhenListened: a hook nobody listens to is emitted
+// all the same, without a copy of the flow; one somebody listens to
+// carries the flow as it was.
+func TestHookSnapshotsOnlyWhenListened(t *testing.T) {
+	t.Parallel()
+	c := create("staging")
+	stg := DeploymentID(c.FlowID, "staging")
+	evs := []Event{c, SlotGranted{DeploymentID: stg}, js(stg, "s1")}
+	run := func(listened func(string) bool) (hooks []string, snapshots map[string]*Flow) {
+		snapshots = map[string]*Flow{}
+		var f *Flow
+		for i, ev := range evs {
+			input := in(i)
+			input.Listened = listened
+			var effects []Effect
+			var err error
+			f, effects, err = Apply(f, ev, input)
+			require.NoError(t, err)
+			for _, ef := range effects {
+				if ef.Kind == EffectHook {
+					hooks = append(hooks, ef.Hook)
+					snapshots[ef.Hook] = ef.Snapshot
+				}
+			}
+		}
+		return hooks, snapshots
+	}
+	all, full := run(nil)
+	require.Contains(t, all, "flow.created")
+	require.Contains(t, all, "deployment.started")
+	for h, snap := range full {
+		require.NotNil(t, snap, h)
+	}
+	some, partial := run(func(hook string) bool { return hook == "deployment.started" })
+	require.Equal(t, all, some)
+	for h, snap := range partial {
+		if h == "deployment.started" {
+			require.Equal(t, full[h], snap)
+		} else {
+			require.Nil(t, snap, h)
+		}
+	}
+}

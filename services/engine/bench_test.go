@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -178,9 +179,34 @@ func BenchmarkEngine(b *testing.B) {
 	require.NoError(b, err)
 	require.Equal(b, flow.FlowSucceeded, f.State)
 
-	// Ceiling: as many messages, consume → EVALSHA → ack, same workers.
+	// Ceiling: as many messages, consume → EVALSHA → ack. With the
+	// engine's worker count and with fewer: the best of them, so that a
+	// worker count that suits the engine but not the bare loop does not
+	// lower the ceiling.
+	var ceiling, ceilingCPU float64
+	for _, workers := range slices.Compact(slices.Sorted(slices.Values([]int{8, 64, e.cfg.Workers}))) {
+		rate, cpu := benchCeiling(b, e.ConsumerConfig(), workers, events)
+		b.Logf("ceiling with %d workers: %.0f events/s, %.0f µs CPU/event", workers, rate, cpu)
+		if rate > ceiling {
+			ceiling, ceilingCPU = rate, cpu
+		}
+	}
+
+	b.ReportMetric(ours, "events/s")
+	b.ReportMetric(ceiling, "ceiling_events/s")
+	b.ReportMetric(ours/ceiling, "ratio")
+	b.ReportMetric(float64(oursCPU.Nanoseconds())/1e3, "cpu_us/event")
+	b.ReportMetric(ceilingCPU, "ceiling_cpu_us/event")
+}
+
+// benchCeiling runs the bare loop over events messages on a fresh NATS and
+// Redis: consume, one EVALSHA of a one-line script, ack, with workers
+// goroutines. It returns events/s and CPU µs per event.
+func benchCeiling(b *testing.B, cc jetstream.ConsumerConfig, workers int, events uint64) (float64, float64) {
+	b.StopTimer()
+	defer b.StartTimer()
 	cx := setupWith(b, benchConfig(1))
-	crdb := cx.st.Client()
+	rdb := cx.st.Client()
 	payload := []byte(`{"job_id":"x"}`)
 	for range events {
 		_, err := cx.js.PublishAsync(wire.SubjectJobReport, payload)
@@ -188,22 +214,24 @@ func BenchmarkEngine(b *testing.B) {
 	}
 	<-cx.js.PublishAsyncComplete()
 	script := redis.NewScript(`return redis.call('HSET', KEYS[1], 'rev', ARGV[1])`)
-	cons, err := cx.js.CreateOrUpdateConsumer(context.Background(), wire.StreamEvents, e.ConsumerConfig())
+	require.NoError(b, script.Load(context.Background(), rdb).Err())
+	cons, err := cx.js.CreateOrUpdateConsumer(context.Background(), wire.StreamEvents, cc)
 	require.NoError(b, err)
 	b.StartTimer()
-	cpu0 := cpuUsed(b, crdb)
+	cpu0 := cpuUsed(b, rdb)
 	start := time.Now()
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * e.cfg.Workers))
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * workers))
 	require.NoError(b, err)
+	defer it.Stop()
 	msgs := make(chan jetstream.Msg)
-	var cw sync.WaitGroup
-	for range e.cfg.Workers {
-		cw.Add(1)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
 		go func() {
-			defer cw.Done()
+			defer wg.Done()
 			for m := range msgs {
 				meta, _ := m.Metadata()
-				_ = script.Run(context.Background(), crdb, []string{fmt.Sprintf("c:{%d}", meta.Sequence.Stream%1000)}, meta.Sequence.Stream).Err()
+				_ = script.Run(context.Background(), rdb, []string{fmt.Sprintf("c:{%d}", meta.Sequence.Stream%1000)}, meta.Sequence.Stream).Err()
 				_ = m.Ack()
 			}
 		}()
@@ -214,19 +242,12 @@ func BenchmarkEngine(b *testing.B) {
 		msgs <- m
 	}
 	close(msgs)
-	cw.Wait()
+	wg.Wait()
 	drain(b, cx.js, wire.StreamEvents, "engine", events)
 	elapsed := time.Since(start)
-	ceilingCPU := (cpuUsed(b, crdb) - cpu0) / time.Duration(events)
-	ceiling := float64(events) / elapsed.Seconds()
+	cpu := cpuUsed(b, rdb) - cpu0
 	b.StopTimer()
-	it.Stop()
-
-	b.ReportMetric(ours, "events/s")
-	b.ReportMetric(ceiling, "ceiling_events/s")
-	b.ReportMetric(ours/ceiling, "ratio")
-	b.ReportMetric(float64(oursCPU.Microseconds()), "cpu_us/event")
-	b.ReportMetric(float64(ceilingCPU.Microseconds()), "ceiling_cpu_us/event")
+	return float64(events) / elapsed.Seconds(), float64(cpu.Microseconds()) / float64(events)
 }
 
 // cpuUsed is the CPU time spent so far by this process (the engine, the

@@ -36,7 +36,7 @@ import (
 type Config struct {
 	AgentLostAfter time.Duration `split_words:"true" default:"30s" desc:"an agent silent this long gets no new jobs"`
 	AckWait        time.Duration `envconfig:"ENGINE_ACK_WAIT" default:"30s" desc:"redeliver an event not acked in this time"`
-	Workers        int           `envconfig:"ENGINE_WORKERS" default:"64" desc:"events applied concurrently by this replica (their Redis calls share pipelines)"`
+	Workers        int           `envconfig:"ENGINE_WORKERS" default:"256" desc:"events applied concurrently by this replica (their Redis calls share pipelines)"`
 	TimerInterval  time.Duration `envconfig:"ENGINE_TIMER_INTERVAL" default:"1s" desc:"how often due timers (soaks, promotion timeouts) are fired"`
 }
 
@@ -86,7 +86,7 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 		cfg.AckWait = 30 * time.Second
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 64
+		cfg.Workers = 256
 	}
 	if cfg.TimerInterval <= 0 {
 		cfg.TimerInterval = time.Second
@@ -449,7 +449,7 @@ func (e *Engine) replay(ctx context.Context, flowID string, f *flow.Flow) error 
 // online agents (when a deployment may be created) and, for services that
 // roll back, where each environment last succeeded.
 func (e *Engine) input(ctx context.Context, f *flow.Flow, ev flow.Event, at time.Time) (flow.Input, error) {
-	in := flow.Input{At: at}
+	in := flow.Input{At: at, Listened: e.listened(f, ev)}
 	switch ev.(type) {
 	case flow.SlotGranted, flow.CreateFlow:
 		agents, err := e.onlineAgents(ctx)
@@ -466,6 +466,26 @@ func (e *Engine) input(ctx context.Context, f *flow.Flow, ev flow.Event, at time
 		in.LastSucceeded = last
 	}
 	return in, nil
+}
+
+// listened returns whether any webhook wants a hook type for the flow's
+// service (a create names its service in the event).
+func (e *Engine) listened(f *flow.Flow, ev flow.Event) func(string) bool {
+	service := ""
+	if f != nil {
+		service = f.Service
+	} else if c, ok := ev.(flow.CreateFlow); ok {
+		service = c.Service
+	}
+	webhooks := e.conf.Get().Webhooks
+	return func(hook string) bool {
+		for i := range webhooks {
+			if webhooks[i].Wants(hook, service) {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 // agentsTTL bounds how stale the engine's view of the fleet may be. A

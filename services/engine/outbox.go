@@ -144,6 +144,9 @@ func (e *Engine) render(f *flow.Flow, effects []flow.Effect, eventID string, at 
 }
 
 func (e *Engine) renderHook(f *flow.Flow, ef flow.Effect, eventID string, index int, at time.Time, add func(outboxEntry) error) error {
+	if ef.Snapshot == nil {
+		return nil // nobody listened when the event was applied
+	}
 	webhooks := e.conf.Get().Webhooks
 	wanted := false
 	for i := range webhooks {
