@@ -66,6 +66,11 @@ type Engine struct {
 
 type metrics struct {
 	events    *prometheus.CounterVec
+	// eventsBy and publishedBy hold the counters of every known label
+	// value, made at start: the series exist at zero, and the hot path
+	// does not hash labels.
+	eventsBy    map[[2]string]prometheus.Counter
+	publishedBy map[string]prometheus.Counter
 	conflicts prometheus.Counter
 	apply     prometheus.Histogram
 	published *prometheus.CounterVec
@@ -113,12 +118,40 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 			Name: "otariinae_engine_timers_fired_total", Help: "Timers (soaks, promotion timeouts) fired.",
 		}),
 	}
+	e.m.eventsBy = make(map[[2]string]prometheus.Counter)
+	for _, kind := range []string{"github", "job", "artifact", "trigger", "internal", "other"} {
+		for _, result := range []string{"applied", "duplicate", "rejected", "retried"} {
+			e.m.eventsBy[[2]string{kind, result}] = e.m.events.WithLabelValues(kind, result)
+		}
+	}
+	e.m.publishedBy = make(map[string]prometheus.Counter)
+	for _, op := range []string{opPublish, opTimer, opSlot, opRelease, opSucceeded, opCancel, opSupersede} {
+		e.m.publishedBy[op] = e.m.published.WithLabelValues(op)
+	}
 	for _, c := range []prometheus.Collector{e.m.events, e.m.conflicts, e.m.apply, e.m.published, e.m.heartbeat, e.m.timers} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register engine metrics: %w", err)
 		}
 	}
 	return e, nil
+}
+
+// event counts one event by kind and result.
+func (m *metrics) event(kind, result string) {
+	if c, ok := m.eventsBy[[2]string{kind, result}]; ok {
+		c.Inc()
+		return
+	}
+	m.events.WithLabelValues(kind, result).Inc()
+}
+
+// done counts one outbox operation carried out.
+func (m *metrics) done(op string) {
+	if c, ok := m.publishedBy[op]; ok {
+		c.Inc()
+		return
+	}
+	m.published.WithLabelValues(op).Inc()
 }
 
 // ConsumerConfig is the durable consumer every engine replica shares.
@@ -266,13 +299,13 @@ func (e *Engine) Handle(ctx context.Context, msg jetstream.Msg) {
 	at := meta.Timestamp.UTC()
 	targets, err := e.decode(ctx, msg)
 	if errors.Is(err, errRetry) {
-		e.m.events.WithLabelValues(kind, "retried").Inc()
+		e.m.event(kind, "retried")
 		e.log.Warn("event failed, will retry", "subject", msg.Subject(), "err", err)
 		_ = msg.NakWithDelay(2 * time.Second)
 		return
 	}
 	if err != nil {
-		e.m.events.WithLabelValues(kind, "rejected").Inc()
+		e.m.event(kind, "rejected")
 		e.log.Warn("event rejected", "subject", msg.Subject(), "stream_seq", meta.Sequence.Stream, "err", err)
 		_ = msg.TermWithReason(err.Error())
 		return
@@ -283,21 +316,21 @@ func (e *Engine) Handle(ctx context.Context, msg jetstream.Msg) {
 			if errors.Is(err, errPermanent) && errors.Is(err, flow.ErrNotFound) && meta.NumDelivered < notFoundRetries {
 				// An event can overtake the one that creates what it names
 				// (replicas apply concurrently): give it a few more tries.
-				e.m.events.WithLabelValues(kind, "retried").Inc()
+				e.m.event(kind, "retried")
 				_ = msg.NakWithDelay(time.Second)
 				return
 			}
 			if errors.Is(err, errPermanent) {
-				e.m.events.WithLabelValues(kind, "rejected").Inc()
+				e.m.event(kind, "rejected")
 				e.log.Warn("event not applicable", "flow_id", t.flowID, "event_id", t.eventID, "err", err)
 				continue
 			}
-			e.m.events.WithLabelValues(kind, "retried").Inc()
+			e.m.event(kind, "retried")
 			e.log.Warn("event failed, will retry", "flow_id", t.flowID, "event_id", t.eventID, "err", err)
 			_ = msg.NakWithDelay(2 * time.Second)
 			return
 		}
-		e.m.events.WithLabelValues(kind, result).Inc()
+		e.m.event(kind, result)
 	}
 	if err := msg.Ack(); err != nil {
 		e.log.Warn("ack event", "err", err)

@@ -258,12 +258,17 @@ func (e *Engine) runOutbox(ctx context.Context, flowID string, ob outbox, f *flo
 		return nil
 	}
 	wait := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		timeout := time.NewTimer(5 * time.Second)
+		defer timeout.Stop()
 		for _, p := range pending {
 			select {
 			case <-p.Ok():
 			case err := <-p.Err():
 				return fmt.Errorf("publish %s: %w", p.Msg().Subject, err)
-			case <-time.After(5 * time.Second):
+			case <-timeout.C:
 				return fmt.Errorf("publish %s: no ack in 5s", p.Msg().Subject)
 			}
 		}
@@ -276,7 +281,7 @@ func (e *Engine) runOutbox(ctx context.Context, flowID string, ob outbox, f *flo
 		switch {
 		case o.Op == opPublish:
 			if err = publish(o.Subject, o.MsgID, o.Data); err == nil {
-				e.m.published.WithLabelValues(o.Op).Inc()
+				e.m.done(o.Op)
 			}
 			i++
 		case inRedis(o.Op):
@@ -292,7 +297,7 @@ func (e *Engine) runOutbox(ctx context.Context, flowID string, ob outbox, f *flo
 		default:
 			if err = wait(); err == nil {
 				if err = e.do(ctx, o); err == nil {
-					e.m.published.WithLabelValues(o.Op).Inc()
+					e.m.done(o.Op)
 				}
 			}
 			i++
@@ -365,7 +370,7 @@ func (e *Engine) doRedis(ctx context.Context, ops []outboxEntry, publish func(su
 		if err := fn(); err != nil {
 			return fmt.Errorf("%s: %w", ops[k].Op, err)
 		}
-		e.m.published.WithLabelValues(ops[k].Op).Inc()
+		e.m.done(ops[k].Op)
 	}
 	return nil
 }
