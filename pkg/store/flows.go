@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -25,6 +26,9 @@ var (
 	outboxAckSrc    string
 	outboxAckScript = redis.NewScript(outboxAckSrc)
 )
+
+// statePool holds the buffers flows are encoded into for Commit.
+var statePool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 // ErrConflict means another writer changed the flow since it was loaded.
 var ErrConflict = errors.New("flow changed concurrently")
@@ -93,10 +97,13 @@ type Committed struct {
 // back to it): a new flow joins it in its supersede operation
 // (Batch.JoinActive), and IndexFlow and AckOutbox keep it current.
 func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID string, outbox [][]byte, index bool) (Committed, error) {
-	state, err := json.Marshal(f)
+	buf := statePool.Get().(*[]byte)
+	defer statePool.Put(buf)
+	state, err := f.AppendJSON((*buf)[:0])
 	if err != nil {
 		return Committed{}, fmt.Errorf("encode flow %s: %w", f.ID, err)
 	}
+	*buf = state // keep the grown buffer; it is written out before Commit returns
 	args := make([]any, 0, 3+len(outbox))
 	args = append(args, rev, state, eventID)
 	for _, o := range outbox {
