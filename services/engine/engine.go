@@ -65,17 +65,17 @@ type Engine struct {
 }
 
 type metrics struct {
-	events    *prometheus.CounterVec
+	events *prometheus.CounterVec
 	// eventsBy and publishedBy hold the counters of every known label
 	// value, made at start: the series exist at zero, and the hot path
 	// does not hash labels.
 	eventsBy    map[[2]string]prometheus.Counter
 	publishedBy map[string]prometheus.Counter
-	conflicts prometheus.Counter
-	apply     prometheus.Histogram
-	published *prometheus.CounterVec
-	heartbeat prometheus.Counter
-	timers    prometheus.Counter
+	conflicts   prometheus.Counter
+	apply       prometheus.Histogram
+	published   *prometheus.CounterVec
+	heartbeat   prometheus.Counter
+	timers      prometheus.Counter
 }
 
 // New returns an engine. It registers its metrics on reg.
