@@ -60,3 +60,53 @@ func TestCommitOfAnExistingFlowAsNew(t *testing.T) {
 	_, err = st.Commit(ctx, again, 2, "job.x", nil, false)
 	require.ErrorIs(t, err, store.ErrAlreadyApplied)
 }
+
+// TestOutboxWrites: each commit's entries are kept apart by revision,
+// listed oldest first after what an earlier version left in the legacy
+// list, and removed whole; the legacy list only while its head is what was
+// carried out.
+func TestOutboxWrites(t *testing.T) {
+	t.Parallel()
+	r := testenv.StartRedis(t)
+	st, keys := store.New(r.Client, r.Prefix), store.Keys{Prefix: r.Prefix}
+	ctx := context.Background()
+	f := apiFlow("web", "v1", flow.FlowInProgress, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
+	b := func(s ...string) [][]byte {
+		out := make([][]byte, len(s))
+		for i, v := range s {
+			out[i] = []byte(v)
+		}
+		return out
+	}
+
+	c, err := st.Commit(ctx, f, 0, "e1", b("a", "b"), false)
+	require.NoError(t, err)
+	require.Equal(t, store.Committed{Rev: 1, Pending: 1}, c)
+	c, err = st.Commit(ctx, f, 1, "e2", nil, false)
+	require.NoError(t, err)
+	require.Equal(t, store.Committed{Rev: 2, Pending: 1}, c, "rev 1's entries are still there")
+	require.NoError(t, r.Client.RPush(ctx, keys.LegacyOutbox(f.ID), "x", "y").Err())
+	c, err = st.Commit(ctx, f, 2, "e3", b("c"), false)
+	require.NoError(t, err)
+	require.Equal(t, store.Committed{Rev: 3, Pending: 3}, c)
+
+	out, err := st.Outbox(ctx, f.ID)
+	require.NoError(t, err)
+	require.Equal(t, []store.OutboxWrite{{Rev: 0, Entries: b("x", "y")}, {Rev: 1, Entries: b("a", "b")}, {Rev: 3, Entries: b("c")}}, out)
+
+	require.NoError(t, st.AckOutbox(ctx, f.ID, []store.OutboxWrite{{Rev: 1}}, nil))
+	require.NoError(t, st.AckOutbox(ctx, f.ID, []store.OutboxWrite{{Rev: 1}}, nil), "twice is harmless")
+	// The legacy list's head is not "y": nothing of it goes.
+	require.NoError(t, st.AckOutbox(ctx, f.ID, []store.OutboxWrite{{Entries: b("y")}}, nil))
+	out, err = st.Outbox(ctx, f.ID)
+	require.NoError(t, err)
+	require.Equal(t, []store.OutboxWrite{{Rev: 0, Entries: b("x", "y")}, {Rev: 3, Entries: b("c")}}, out)
+
+	require.NoError(t, st.AckOutbox(ctx, f.ID, out, nil))
+	out, err = st.Outbox(ctx, f.ID)
+	require.NoError(t, err)
+	require.Empty(t, out)
+	c, err = st.Commit(ctx, f, 3, "e4", nil, false)
+	require.NoError(t, err)
+	require.Equal(t, store.Committed{Rev: 4, Pending: 0}, c)
+}

@@ -79,9 +79,10 @@ func (s *Store) LoadFlow(ctx context.Context, flowID, eventID string) (Loaded, e
 // Committed is the result of a successful Commit.
 type Committed struct {
 	Rev int64
-	// OutboxLen is the length of the outbox after the write: more than the
-	// entries written means older entries are still to be carried out.
-	OutboxLen int64
+	// Pending is how many outbox writes are not carried out after this
+	// one, itself included (when it wrote entries): more means an earlier
+	// writer's entries are still to be carried out.
+	Pending int64
 }
 
 // Commit writes the flow, marks eventID applied and appends outbox entries,
@@ -109,7 +110,7 @@ func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID str
 	for _, o := range outbox {
 		args = append(args, o)
 	}
-	keys := []string{s.keys.Flow(f.ID), s.keys.Applied(f.ID), s.keys.Outbox(f.ID)}
+	keys := []string{s.keys.Flow(f.ID), s.keys.Applied(f.ID), s.keys.OutboxRevs(f.ID), s.keys.OutboxAt(f.ID, rev+1), s.keys.LegacyOutbox(f.ID)}
 	// Concurrent commits of different flows share round trips (group
 	// commit); the index commands ride in the same pipeline.
 	var with func(redis.Pipeliner) []redis.Cmder
@@ -133,39 +134,97 @@ func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID str
 	case -2:
 		return Committed{}, ErrAlreadyApplied
 	}
-	return Committed{Rev: res[0], OutboxLen: res[1]}, nil
+	return Committed{Rev: res[0], Pending: res[1]}, nil
 }
 
-// Outbox returns a flow's unpublished outbox entries, oldest first.
-func (s *Store) Outbox(ctx context.Context, flowID string) ([][]byte, error) {
-	vals, err := s.rdb.LRange(ctx, s.keys.Outbox(flowID), 0, -1).Result()
-	if err != nil {
+// OutboxWrite is the outbox entries one commit wrote: Rev is the revision
+// it made, 0 for entries an earlier version left in the legacy list.
+type OutboxWrite struct {
+	Rev     int64
+	Entries [][]byte
+}
+
+// Outbox returns a flow's outbox writes not carried out yet, oldest first
+// (the legacy list's before all).
+func (s *Store) Outbox(ctx context.Context, flowID string) ([]OutboxWrite, error) {
+	pipe := s.rdb.Pipeline()
+	revs := pipe.ZRange(ctx, s.keys.OutboxRevs(flowID), 0, -1)
+	legacy := pipe.LRange(ctx, s.keys.LegacyOutbox(flowID), 0, -1)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("read outbox of %s: %w", flowID, err)
 	}
-	out := make([][]byte, len(vals))
-	for i, v := range vals {
-		out[i] = []byte(v)
+	var out []OutboxWrite
+	if vals := legacy.Val(); len(vals) > 0 {
+		out = append(out, OutboxWrite{Entries: bytesOf(vals)})
+	}
+	if len(revs.Val()) == 0 {
+		return out, nil
+	}
+	pipe = s.rdb.Pipeline()
+	lists := make([]*redis.StringSliceCmd, len(revs.Val()))
+	nums := make([]int64, len(revs.Val()))
+	for i, r := range revs.Val() {
+		n, err := strconv.ParseInt(r, 10, 64)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("outbox of %s: bad revision %q", flowID, r)
+		}
+		nums[i] = n
+		lists[i] = pipe.LRange(ctx, s.keys.OutboxAt(flowID, n), 0, -1)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("read outbox of %s: %w", flowID, err)
+	}
+	for i, l := range lists {
+		// A list carried out meanwhile reads empty: its revision is
+		// still returned, so that it leaves the set.
+		out = append(out, OutboxWrite{Rev: nums[i], Entries: bytesOf(l.Val())})
 	}
 	return out, nil
 }
 
-// AckOutbox removes done entries from the head of the outbox, and, when f
-// is not nil, indexes f in the same round trip.
-func (s *Store) AckOutbox(ctx context.Context, flowID string, done [][]byte, f *flow.Flow) error {
-	if len(done) == 0 && f == nil {
+func bytesOf(vals []string) [][]byte {
+	out := make([][]byte, len(vals))
+	for i, v := range vals {
+		out[i] = []byte(v)
+	}
+	return out
+}
+
+// AckOutbox removes the outbox writes carried out, and, when f is not nil,
+// indexes f in the same round trip. A write of a revision is removed
+// whole (plain commands: removing it twice is harmless); entries of the
+// legacy list only while they are at its head and equal what was carried
+// out.
+func (s *Store) AckOutbox(ctx context.Context, flowID string, done []OutboxWrite, f *flow.Flow) error {
+	var legacy [][]byte
+	var revs []int64
+	for _, w := range done {
+		if w.Rev == 0 {
+			legacy = append(legacy, w.Entries...)
+		} else {
+			revs = append(revs, w.Rev)
+		}
+	}
+	if len(revs) == 0 && len(legacy) == 0 && f == nil {
 		return nil
 	}
-	var with func(redis.Pipeliner) []redis.Cmder
-	if f != nil {
-		with = func(p redis.Pipeliner) []redis.Cmder { return s.indexFlow(ctx, p, f) }
+	with := func(p redis.Pipeliner) []redis.Cmder {
+		var cmds []redis.Cmder
+		for _, r := range revs {
+			cmds = append(cmds, p.Del(ctx, s.keys.OutboxAt(flowID, r)), p.ZRem(ctx, s.keys.OutboxRevs(flowID), r))
+		}
+		if f != nil {
+			cmds = append(cmds, s.indexFlow(ctx, p, f)...)
+		}
+		return cmds
 	}
 	var err error
-	if len(done) > 0 {
-		args := make([]any, len(done))
-		for i, p := range done {
+	if len(legacy) > 0 {
+		args := make([]any, len(legacy))
+		for i, p := range legacy {
 			args[i] = p
 		}
-		_, err = s.eval(ctx, outboxAckScript, []string{s.keys.Outbox(flowID)}, args, with)
+		_, err = s.eval(ctx, outboxAckScript, []string{s.keys.LegacyOutbox(flowID)}, args, with)
 	} else {
 		var cmds []redis.Cmder
 		_, err = s.batch.do(ctx, func(p redis.Pipeliner) redis.Cmder {

@@ -1,5 +1,7 @@
 package store
 
+import "strconv"
+
 // Keys builds every Redis key. A flow's keys put the flow id in {} so they
 // share one Redis Cluster slot and one Lua script may touch them all; a
 // repository's index keys do the same with the repository.
@@ -11,8 +13,22 @@ func (k Keys) Flow(flowID string) string { return k.Prefix + "flow:{" + flowID +
 // Applied is a set of event ids already applied to a flow.
 func (k Keys) Applied(flowID string) string { return k.Prefix + "flow:{" + flowID + "}:applied" }
 
-// Outbox is a list of effects written with the state, not yet published.
-func (k Keys) Outbox(flowID string) string { return k.Prefix + "flow:{" + flowID + "}:outbox" }
+// OutboxRevs is a sorted set of the revisions of a flow whose outbox
+// entries are not all carried out yet (member and score: the revision).
+func (k Keys) OutboxRevs(flowID string) string {
+	return k.Prefix + "flow:{" + flowID + "}:outbox:revs"
+}
+
+// OutboxAt is the list of the outbox entries written with revision rev of
+// a flow, in order.
+func (k Keys) OutboxAt(flowID string, rev int64) string {
+	return k.Prefix + "flow:{" + flowID + "}:outbox:" + strconv.FormatInt(rev, 10)
+}
+
+// LegacyOutbox is the one outbox list per flow that versions before
+// per-revision outboxes wrote. It is read and trimmed, never written, so
+// that entries left there by an upgrade are still carried out.
+func (k Keys) LegacyOutbox(flowID string) string { return k.Prefix + "flow:{" + flowID + "}:outbox" }
 
 // RepoFlows is a sorted set of a repository's flow ids scored by creation time (ms).
 func (k Keys) RepoFlows(repo string) string { return k.Prefix + "repo:{" + repo + "}:flows" }

@@ -452,12 +452,17 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		if !isCreate && next.State.Terminal() {
 			index = next
 		}
-		if c.OutboxLen > int64(len(ob.raw)) {
+		var writes []outbox
+		if len(ob.raw) > 0 {
+			ob.rev = c.Rev
+			writes = []outbox{ob}
+		}
+		if c.Pending > int64(len(writes)) {
 			// An earlier writer's entries are still queued: carry out the
 			// whole outbox in order.
 			return "applied", e.replay(ctx, t.flowID, index)
 		}
-		return "applied", e.runOutbox(ctx, t.flowID, ob, index)
+		return "applied", e.runOutbox(ctx, t.flowID, writes, index)
 	}
 }
 
@@ -471,11 +476,15 @@ func (e *Engine) replay(ctx context.Context, flowID string, f *flow.Flow) error 
 		}
 		f = got
 	}
-	entries, err := e.st.Outbox(ctx, flowID)
+	stored, err := e.st.Outbox(ctx, flowID)
 	if err != nil {
 		return err
 	}
-	return e.runOutbox(ctx, flowID, outbox{raw: entries}, f)
+	writes := make([]outbox, len(stored))
+	for i, w := range stored {
+		writes[i] = outbox{rev: w.Rev, raw: w.Entries}
+	}
+	return e.runOutbox(ctx, flowID, writes, f)
 }
 
 // input gathers what the model needs besides the event: the time, the

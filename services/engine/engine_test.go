@@ -249,6 +249,34 @@ func TestEngineCreateOfAnEndedFlow(t *testing.T) {
 	require.Zero(t, n)
 }
 
+// TestEngineCarriesOutALegacyOutbox: entries an earlier version left in
+// the single outbox list of a flow are carried out, before this version's,
+// by the next event of the flow, and trimmed.
+func TestEngineCarriesOutALegacyOutbox(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	runEngine(t, fx.newEngine(t))
+	fx.publishPush(t, "d-1", "d-1", sha)
+	fx.waitState(t, flowID, flow.FlowInProgress, flow.Created)
+	fx.waitIdle(t)
+	jobs := fx.streamMsgs(t, wire.StreamJobs)
+
+	left, err := json.Marshal(outboxEntry{Op: opPublish, Subject: wire.JobSubject("s9"), MsgID: "job.legacy", Data: []byte(`{"id":"legacy"}`)})
+	require.NoError(t, err)
+	legacy := fx.keys.LegacyOutbox(flowID)
+	require.NoError(t, fx.st.Client().RPush(context.Background(), legacy, left).Err())
+
+	fx.report(t, flowID, "staging", "s1", wire.JobStarted, 0)
+	fx.waitIdle(t)
+	require.Equal(t, jobs+1, fx.streamMsgs(t, wire.StreamJobs))
+	n, err := fx.st.Client().Exists(context.Background(), legacy).Result()
+	require.NoError(t, err)
+	require.Zero(t, n, "legacy outbox trimmed")
+	out, err := fx.st.Outbox(context.Background(), flowID)
+	require.NoError(t, err)
+	require.Empty(t, out)
+}
+
 func TestEngineRedeliveredEventsChangeNothing(t *testing.T) {
 	t.Parallel()
 	fx := setup(t)

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shanenoi/otariinae/pkg/flow"
+	"github.com/shanenoi/otariinae/pkg/store"
 	"github.com/shanenoi/otariinae/pkg/wire"
 )
 
@@ -66,6 +67,7 @@ type HookData struct {
 // outbox is a rendered outbox: the entries as written to Redis and, when
 // this replica rendered them, the same entries decoded.
 type outbox struct {
+	rev     int64 // the revision whose commit wrote them (0: the legacy list)
 	raw     [][]byte
 	entries []outboxEntry // nil: decode raw
 }
@@ -233,10 +235,15 @@ func jobFor(f *flow.Flow, ef flow.Effect, at time.Time) (wire.Job, error) {
 // out asynchronously; a run of Redis operations goes in one round trip,
 // after the publishes before it are acknowledged; everything is awaited
 // before anything is removed. On an error the entries stay for the replay.
-func (e *Engine) runOutbox(ctx context.Context, flowID string, ob outbox, f *flow.Flow) error {
-	entries := ob.entries
-	if entries == nil {
-		entries = make([]outboxEntry, 0, len(ob.raw))
+func (e *Engine) runOutbox(ctx context.Context, flowID string, writes []outbox, f *flow.Flow) error {
+	var entries []outboxEntry
+	done := make([]store.OutboxWrite, 0, len(writes))
+	for _, ob := range writes {
+		done = append(done, store.OutboxWrite{Rev: ob.rev, Entries: ob.raw})
+		if ob.entries != nil {
+			entries = append(entries, ob.entries...)
+			continue
+		}
 		for _, raw := range ob.raw {
 			var o outboxEntry
 			if err := json.Unmarshal(raw, &o); err != nil {
@@ -309,7 +316,7 @@ func (e *Engine) runOutbox(ctx context.Context, flowID string, ob outbox, f *flo
 	if err := wait(); err != nil {
 		return fmt.Errorf("outbox of flow %s: %w", flowID, err)
 	}
-	return e.st.AckOutbox(ctx, flowID, ob.raw, f)
+	return e.st.AckOutbox(ctx, flowID, done, f)
 }
 
 // inRedis reports whether an outbox operation is carried out in Redis, so

@@ -1,4 +1,5 @@
--- outbox_ack.lua: drop published entries from the head of a flow's outbox.
+-- outbox_ack.lua: drop published entries from the head of a flow's legacy
+-- outbox (the single list versions before per-revision outboxes wrote).
 -- Entries are removed only while they equal what was published, so an entry
 -- appended meanwhile by another writer is never lost.
 --
