@@ -309,6 +309,15 @@ func (w *jsonWriter) envSpec(e *EnvSpec) {
 
 const hexDigits = "0123456789abcdef"
 
+// plain marks the ASCII bytes a JSON string holds as they are (by
+// encoding/json's default, HTML-escaping rules).
+var plain = func() (t [utf8.RuneSelf]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
 // str appends s quoted as encoding/json quotes strings by default: with
 // <, > and & escaped for HTML, U+2028 and U+2029 escaped, and invalid
 // UTF-8 replaced by U+FFFD.
@@ -317,7 +326,7 @@ func (w *jsonWriter) str(s string) {
 	start := 0
 	for i := 0; i < len(s); {
 		if c := s[i]; c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			if plain[c] {
 				i++
 				continue
 			}

@@ -59,8 +59,8 @@ func (e *Engine) decode(ctx context.Context, msg jetstream.Msg) ([]target, error
 }
 
 func decodeJobReport(data []byte) ([]target, error) {
-	var r wire.JobReport
-	if err := json.Unmarshal(data, &r); err != nil {
+	r, err := wire.DecodeJobReport(data)
+	if err != nil {
 		return nil, fmt.Errorf("decode job report: %w", err)
 	}
 	flowID, ok := flow.FlowIDOf(r.DeploymentID)
