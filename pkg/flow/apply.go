@@ -275,7 +275,12 @@ func Apply(f *Flow, ev Event, in Input) (*Flow, []Effect, error) {
 	return m.f, m.effects, nil
 }
 
-func (m *machine) emit(e Effect) { m.effects = append(m.effects, e) }
+func (m *machine) emit(e Effect) {
+	if m.effects == nil {
+		m.effects = make([]Effect, 0, 4) // most events have a few
+	}
+	m.effects = append(m.effects, e)
+}
 
 func (m *machine) hook(typ string, d *Deployment, promotion string) {
 	e := Effect{Kind: EffectHook, Hook: typ, Promotion: promotion}

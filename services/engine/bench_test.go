@@ -81,7 +81,7 @@ func BenchmarkEngine(b *testing.B) {
 	flows := 300 * b.N
 	fx := setupWith(b, benchConfig(flows))
 	rdb := fx.st.Client()
-	e := fx.newEngine(b)
+	e := fx.newEngineWith(b, 0) // the default worker count
 	// run starts the engine over what is in the stream, waits until it
 	// has applied everything, stops it and returns the time and CPU taken.
 	run := func() (time.Duration, time.Duration) {

@@ -36,7 +36,7 @@ import (
 type Config struct {
 	AgentLostAfter time.Duration `split_words:"true" default:"30s" desc:"an agent silent this long gets no new jobs"`
 	AckWait        time.Duration `envconfig:"ENGINE_ACK_WAIT" default:"30s" desc:"redeliver an event not acked in this time"`
-	Workers        int           `envconfig:"ENGINE_WORKERS" default:"256" desc:"events applied concurrently by this replica (their Redis calls share pipelines)"`
+	Workers        int           `envconfig:"ENGINE_WORKERS" default:"512" desc:"events applied concurrently by this replica (their Redis calls share pipelines)"`
 	TimerInterval  time.Duration `envconfig:"ENGINE_TIMER_INTERVAL" default:"1s" desc:"how often due timers (soaks, promotion timeouts) are fired"`
 }
 
@@ -91,7 +91,7 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 		cfg.AckWait = 30 * time.Second
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 256
+		cfg.Workers = 512
 	}
 	if cfg.TimerInterval <= 0 {
 		cfg.TimerInterval = time.Second
@@ -163,7 +163,7 @@ func (e *Engine) ConsumerConfig() jetstream.ConsumerConfig {
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       e.cfg.AckWait,
 		MaxDeliver:    -1,
-		MaxAckPending: 1024,
+		MaxAckPending: 4096,
 	}
 }
 

@@ -81,10 +81,21 @@ func setupWith(t testing.TB, yaml string) *fixture {
 	return fx
 }
 
+// testWorkers keeps tests' engines small: tests run in parallel, engines
+// with them, and the race detector allows 8128 goroutines in all.
+const testWorkers = 16
+
 // newEngine returns an engine that is not running.
 func (fx *fixture) newEngine(t testing.TB) *Engine {
 	t.Helper()
-	e, err := New(Config{AgentLostAfter: time.Hour, AckWait: time.Second, TimerInterval: 50 * time.Millisecond}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
+	return fx.newEngineWith(t, testWorkers)
+}
+
+// newEngineWith returns an engine with workers workers (0: the default)
+// that is not running.
+func (fx *fixture) newEngineWith(t testing.TB, workers int) *Engine {
+	t.Helper()
+	e, err := New(Config{AgentLostAfter: time.Hour, AckWait: time.Second, TimerInterval: 50 * time.Millisecond, Workers: workers}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
 	require.NoError(t, err)
 	return e
 }
