@@ -59,6 +59,11 @@ type Engine struct {
 
 	cache *flowCache
 
+	// consumingFunc, when set (benchmarks only), runs once the engine is
+	// set up (streams, bucket, consumer, workers), just before it pulls
+	// its first events.
+	consumingFunc func()
+
 	// afterCommitFunc, when set (tests only), runs between the state write
 	// and the outbox; an error there stands for a crash.
 	afterCommitFunc func() error
@@ -222,6 +227,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	defer wg.Wait()
 	defer close(msgs)
+	if e.consumingFunc != nil {
+		e.consumingFunc()
+	}
 	for ctx.Err() == nil {
 		if err := e.consume(ctx, cons, msgs); err != nil {
 			// The consumer was deleted, or the connection closed for
