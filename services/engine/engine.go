@@ -63,6 +63,8 @@ type Engine struct {
 	// set up (streams, bucket, consumer, workers), just before it pulls
 	// its first events.
 	consumingFunc func()
+	// ackedFunc, when set (benchmarks only), runs after each event acked.
+	ackedFunc func()
 
 	// afterCommitFunc, when set (tests only), runs between the state write
 	// and the outbox; an error there stands for a crash.
@@ -342,6 +344,9 @@ func (e *Engine) Handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if err := msg.Ack(); err != nil {
 		e.log.Warn("ack event", "err", err)
+	}
+	if e.ackedFunc != nil {
+		e.ackedFunc()
 	}
 }
 
