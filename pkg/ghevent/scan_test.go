@@ -20,7 +20,7 @@ func TestScan(t *testing.T) {
 		ok   bool
 	}{
 		{"push", string(testenv.PushPayload("acme/web", "refs/heads/main", sha1)), true},
-		{"pull request", string(prPayload("acme/lib", "opened", sha2)), true},
+		{"pull request", string(testenv.PullRequestPayload("acme/lib", "opened", sha2)), true},
 		{"escapes", `{"ref":"refs\/heads\/m\u0061in","after":"x\n","deleted":true}`, true},
 		{"nulls", `{"ref":null,"pull_request":null,"deleted":null}`, true},
 		{"numbers", `{"n":[-0,1.5e3,2E-2,0.1,10]}`, true},
@@ -60,7 +60,7 @@ func TestScan(t *testing.T) {
 // type), and extracts what json.Unmarshal would.
 func FuzzScan(f *testing.F) {
 	f.Add(testenv.PushPayload("acme/web", "refs/tags/v1", sha1))
-	f.Add(prPayload("acme/lib", "synchronize", sha2))
+	f.Add(testenv.PullRequestPayload("acme/lib", "synchronize", sha2))
 	f.Add([]byte(`{"ref":"a\u00e9","deleted":false,"x":[1,{"y":null}],"pull_request":{"head":{"ref":"r"}}}`))
 	f.Add([]byte(`{"a":1e5, "b": -0.5, "c": "\\\"", "d": [true,false,null]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -91,19 +91,6 @@ var (
 	sha1 = strings.Repeat("a1", 20)
 	sha2 = strings.Repeat("b2", 20)
 )
-
-func prPayload(repo, action, sha string) []byte {
-	b, _ := json.Marshal(map[string]any{
-		"action": action, "number": 7,
-		"pull_request": map[string]any{
-			"number": 7, "state": "open",
-			"head": map[string]any{"sha": sha, "ref": "feature/x"},
-			"base": map[string]any{"sha": sha2, "ref": "main"},
-		},
-		"repository": map[string]any{"full_name": repo},
-	})
-	return b
-}
 
 func isASCII(b []byte) bool {
 	return !bytes.ContainsFunc(b, func(r rune) bool { return r >= utf8.RuneSelf })

@@ -13,6 +13,22 @@ import (
 	"testing"
 )
 
+// PullRequestPayload returns a GitHub pull_request event body, PR #7 of
+// repo "org/name" from branch feature/x (at head) into main.
+func PullRequestPayload(repo, action, head string) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"action": action, "number": 7,
+		"pull_request": map[string]any{
+			"number": 7, "state": "open",
+			"head": map[string]any{"sha": head, "ref": "feature/x"},
+			"base": map[string]any{"sha": strings.Repeat("b2", 20), "ref": "main"},
+		},
+		"repository": map[string]any{"full_name": repo},
+		"sender":     map[string]any{"login": "octocat"},
+	})
+	return b
+}
+
 // PushPayload returns a GitHub push event body shaped like GitHub's, for
 // repo "org/name", ref and commit.
 func PushPayload(repo, ref, after string) []byte {

@@ -24,20 +24,6 @@ var (
 	sha2 = strings.Repeat("b2", 20)
 )
 
-func prPayload(repo, action, sha string) []byte {
-	b, _ := json.Marshal(map[string]any{
-		"action": action, "number": 7,
-		"pull_request": map[string]any{
-			"number": 7, "state": "open",
-			"head": map[string]any{"sha": sha, "ref": "feature/x"},
-			"base": map[string]any{"sha": sha2, "ref": "main"},
-		},
-		"repository": map[string]any{"full_name": repo},
-		"sender":     map[string]any{"login": "octocat"},
-	})
-	return b
-}
-
 func deletedPush(repo, ref string) []byte {
 	var p map[string]any
 	_ = json.Unmarshal(testenv.PushPayload(repo, ref, strings.Repeat("0", 40)), &p)
@@ -148,27 +134,27 @@ func TestGitHubDeliveries(t *testing.T) {
 			}},
 		{name: "pull request opened", status: 202, published: wire.GitHubSubject("pull_request"),
 			req: func(d string) *http.Request {
-				return testenv.GitHubRequest(t, lib, "pull_request", d, libSecret, prPayload("acme/lib", "opened", sha2))
+				return testenv.GitHubRequest(t, lib, "pull_request", d, libSecret, testenv.PullRequestPayload("acme/lib", "opened", sha2))
 			}},
 		{name: "pull request synchronize, form-encoded", status: 202, published: wire.GitHubSubject("pull_request"),
 			req: func(d string) *http.Request {
-				return formRequest(t, lib, "pull_request", d, libSecret, prPayload("acme/lib", "synchronize", sha2))
+				return formRequest(t, lib, "pull_request", d, libSecret, testenv.PullRequestPayload("acme/lib", "synchronize", sha2))
 			}},
 		{name: "pull request reopened", status: 202, published: wire.GitHubSubject("pull_request"),
 			req: func(d string) *http.Request {
-				return testenv.GitHubRequest(t, lib, "pull_request", d, libSecret, prPayload("acme/lib", "reopened", sha2))
+				return testenv.GitHubRequest(t, lib, "pull_request", d, libSecret, testenv.PullRequestPayload("acme/lib", "reopened", sha2))
 			}},
 		{name: "pull request closed", status: 202, ignored: "action closed does not deploy",
 			req: func(d string) *http.Request {
-				return testenv.GitHubRequest(t, lib, "pull_request", d, libSecret, prPayload("acme/lib", "closed", sha2))
+				return testenv.GitHubRequest(t, lib, "pull_request", d, libSecret, testenv.PullRequestPayload("acme/lib", "closed", sha2))
 			}},
 		{name: "pull request, not enabled", status: 202, ignored: "pull request deployments are not enabled",
 			req: func(d string) *http.Request {
-				return testenv.GitHubRequest(t, web, "pull_request", d, ghSecret, prPayload("acme/web", "opened", sha2))
+				return testenv.GitHubRequest(t, web, "pull_request", d, ghSecret, testenv.PullRequestPayload("acme/web", "opened", sha2))
 			}},
 		{name: "pull request without head sha", status: 400, code: "bad_request",
 			req: func(d string) *http.Request {
-				return testenv.GitHubRequest(t, lib, "pull_request", d, libSecret, prPayload("acme/lib", "opened", ""))
+				return testenv.GitHubRequest(t, lib, "pull_request", d, libSecret, testenv.PullRequestPayload("acme/lib", "opened", ""))
 			}},
 		{name: "other event", status: 202, ignored: "event issues is not handled",
 			req: func(d string) *http.Request {
