@@ -25,7 +25,7 @@ func apiFlow(service, version string, state flow.FlowState, at time.Time) *flow.
 func put(t *testing.T, st *store.Store, f *flow.Flow) {
 	t.Helper()
 	ctx := context.Background()
-	_, err := st.Commit(ctx, f, 0, "create", nil, false)
+	_, err := st.Commit(ctx, f, 0, "create", nil)
 	require.NoError(t, err)
 	require.NoError(t, st.IndexFlow(ctx, f))
 }

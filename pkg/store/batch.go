@@ -185,7 +185,7 @@ func (b *Batch) JoinActive(ctx context.Context, service, flowID string, at time.
 	i := b.add(nil, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{
 			p.ZAddNX(ctx, key, redis.Z{Score: float64(at.UnixMicro()), Member: flowID}),
-			p.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: "(" + micros}),
+			p.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "0", Max: "(" + micros}), // ended flows score below 0
 			p.ZRevRangeByScore(ctx, key, &redis.ZRangeBy{Min: "(" + micros, Max: "+inf", Count: 1}),
 		}
 	})

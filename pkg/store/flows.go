@@ -87,17 +87,10 @@ type Committed struct {
 
 // Commit writes the flow, marks eventID applied and appends outbox entries,
 // atomically, if the flow is still at rev. It returns ErrConflict or
-// ErrAlreadyApplied when it wrote nothing.
-//
-// With index (a new flow), the flow's read indexes are written in the same
-// round trip (after the script, as plain idempotent commands: they live in
-// other cluster slots). They are written even if the commit loses, which
-// means the flow exists already under the same id: its entries are there
-// and, added only if absent, stay as they were. The service's set of
-// in-progress flows is not among them (a flow that ended must not come
-// back to it): a new flow joins it in its supersede operation
-// (Batch.JoinActive), and IndexFlow and AckOutbox keep it current.
-func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID string, outbox [][]byte, index bool) (Committed, error) {
+// ErrAlreadyApplied when it wrote nothing. It writes no index: a new flow
+// is indexed once its write has landed (AckOutbox, IndexFlow), so that a
+// refused create never lists a flow under another commit or ref.
+func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID string, outbox [][]byte) (Committed, error) {
 	buf := statePool.Get().(*[]byte)
 	defer statePool.Put(buf)
 	state, err := f.AppendJSON((*buf)[:0])
@@ -113,11 +106,7 @@ func (s *Store) Commit(ctx context.Context, f *flow.Flow, rev int64, eventID str
 	keys := []string{s.keys.Flow(f.ID), s.keys.Applied(f.ID), s.keys.OutboxRevs(f.ID), s.keys.OutboxAt(f.ID, rev+1), s.keys.LegacyOutbox(f.ID)}
 	// Concurrent commits of different flows share round trips (group
 	// commit); the index commands ride in the same pipeline.
-	var with func(redis.Pipeliner) []redis.Cmder
-	if index {
-		with = func(p redis.Pipeliner) []redis.Cmder { return s.indexListings(ctx, p, f) }
-	}
-	cmd, err := s.eval(ctx, commitScript, keys, args, with)
+	cmd, err := s.eval(ctx, commitScript, keys, args, nil)
 	if err != nil {
 		return Committed{}, fmt.Errorf("commit flow %s: %w", f.ID, err)
 	}
@@ -261,7 +250,10 @@ func (s *Store) IndexFlow(ctx context.Context, f *flow.Flow) error {
 func (s *Store) indexFlow(ctx context.Context, pipe redis.Pipeliner, f *flow.Flow) []redis.Cmder {
 	cmds := s.indexListings(ctx, pipe, f)
 	if f.State.Terminal() {
-		cmds = append(cmds, pipe.ZRem(ctx, s.keys.ServiceActive(f.Service), f.ID))
+		// An ended flow stays in the set with a negative score: lookups
+		// skip it, and no later add (always NX) can bring it back, however
+		// late a replay of an older state comes.
+		cmds = append(cmds, pipe.ZAdd(ctx, s.keys.ServiceActive(f.Service), redis.Z{Score: -float64(f.CreatedAt.UnixMicro()), Member: f.ID}))
 	} else {
 		// Microseconds: supersede orders flows of one burst of pushes.
 		cmds = append(cmds, pipe.ZAddNX(ctx, s.keys.ServiceActive(f.Service), redis.Z{Score: float64(f.CreatedAt.UnixMicro()), Member: f.ID}))

@@ -79,8 +79,10 @@ func (k Keys) EnvReleased(service, env string) string {
 	return k.Prefix + "env:{" + service + ":" + env + "}:released"
 }
 
-// ServiceActive is a sorted set of a service's in-progress flow ids scored
-// by creation time (µs): supersede looks here for older and newer flows.
+// ServiceActive is a sorted set of a service's flow ids scored by creation
+// time (µs): supersede looks here for older and newer flows. A flow that
+// ended keeps the negated score, out of the lookups' range (0 and up), so
+// that no late add (always NX) brings it back.
 func (k Keys) ServiceActive(service string) string {
 	return k.Prefix + "service:{" + service + "}:active"
 }

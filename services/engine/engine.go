@@ -434,7 +434,7 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		if err != nil {
 			return "", permanent(err)
 		}
-		c, err := e.st.Commit(ctx, next, ld.Rev, t.eventID, ob.raw, isCreate)
+		c, err := e.st.Commit(ctx, next, ld.Rev, t.eventID, ob.raw)
 		if errors.Is(err, store.ErrConflict) {
 			if !unverified || attempt > 0 {
 				e.m.conflicts.Inc()
@@ -457,12 +457,13 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 			}
 		}
 		// Indexes live in other cluster slots, so they are written after
-		// the state, with the outbox's acknowledgement; both are
-		// idempotent and redone on a replay.
-		// A create was indexed with its write (supersede finds flows
-		// through the index); a flow that ended leaves the active set.
+		// the state landed, with the outbox's acknowledgement; both are
+		// idempotent and redone on a replay. A new flow is listed and
+		// joins its service's active set (a supersede flow joined it
+		// already, just before looking); a flow that ended is marked ended
+		// there, for good.
 		var index *flow.Flow
-		if !isCreate && next.State.Terminal() {
+		if isCreate || next.State.Terminal() {
 			index = next
 		}
 		var writes []outbox

@@ -304,7 +304,7 @@ func putFlow(t *testing.T, st *store.Store, f *flow.Flow) {
 	ctx := context.Background()
 	l, err := st.LoadFlow(ctx, f.ID, "")
 	require.NoError(t, err)
-	_, err = st.Commit(ctx, f, l.Rev, "test-"+newID(""), nil, false)
+	_, err = st.Commit(ctx, f, l.Rev, "test-"+newID(""), nil)
 	require.NoError(t, err)
 	require.NoError(t, st.IndexFlow(ctx, f))
 }

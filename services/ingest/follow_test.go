@@ -50,8 +50,9 @@ func logSetup(t *testing.T) *logFixture {
 func (fx *logFixture) write(t *testing.T) {
 	t.Helper()
 	fx.seq++
-	c, err := fx.st.Commit(context.Background(), fx.f, fx.rev, fmt.Sprintf("test-event-%d", fx.seq), nil, true)
+	c, err := fx.st.Commit(context.Background(), fx.f, fx.rev, fmt.Sprintf("test-event-%d", fx.seq), nil)
 	require.NoError(t, err)
+	require.NoError(t, fx.st.IndexFlow(context.Background(), fx.f))
 	fx.rev = c.Rev
 }
 
