@@ -29,9 +29,6 @@ type Batch struct {
 // NewBatch returns an empty batch.
 func (s *Store) NewBatch() *Batch { return &Batch{s: s} }
 
-// Len is the number of operations added.
-func (b *Batch) Len() int { return len(b.ops) }
-
 // add queues one operation and returns its index.
 func (b *Batch) add(sc *redis.Script, op func(redis.Pipeliner) []redis.Cmder) int {
 	if sc != nil {
@@ -145,7 +142,7 @@ func (b *Batch) ReleaseSlot(ctx context.Context, service, env, deploymentID stri
 	}
 }
 
-// AddTimer adds Store.AddTimer.
+// AddTimer schedules a timer of a flow. Idempotent.
 func (b *Batch) AddTimer(ctx context.Context, flowID, key string, at time.Time) func() error {
 	i := b.add(nil, func(p redis.Pipeliner) []redis.Cmder {
 		return []redis.Cmder{p.ZAdd(ctx, b.s.keys.Timers(), redis.Z{Score: float64(at.UnixMilli()), Member: timerMember(flowID, key)})}
@@ -158,7 +155,7 @@ func (b *Batch) AddTimer(ctx context.Context, flowID, key string, at time.Time) 
 	}
 }
 
-// SetLastSucceeded adds Store.SetLastSucceeded.
+// SetLastSucceeded records the version that just succeeded in env.
 func (b *Batch) SetLastSucceeded(ctx context.Context, service, env string, v flow.LastSuccess) func() error {
 	data, err := json.Marshal(v)
 	i := b.add(nil, func(p redis.Pipeliner) []redis.Cmder {

@@ -59,14 +59,6 @@ func (s *Store) SlotHolder(ctx context.Context, service, env string) (string, []
 // timerMember is how a timer is stored: "<flow id>|<key>".
 func timerMember(flowID, key string) string { return flowID + "|" + key }
 
-// AddTimer schedules a timer of a flow. Idempotent.
-func (s *Store) AddTimer(ctx context.Context, flowID, key string, at time.Time) error {
-	b := s.NewBatch()
-	res := b.AddTimer(ctx, flowID, key, at)
-	_ = b.Exec(ctx)
-	return res()
-}
-
 // Timer is a due timer.
 type Timer struct {
 	FlowID string
@@ -101,14 +93,6 @@ func (s *Store) RemoveTimer(ctx context.Context, t Timer) error {
 		return fmt.Errorf("remove timer %s: %w", t.member, err)
 	}
 	return nil
-}
-
-// SetLastSucceeded records the version that just succeeded in env.
-func (s *Store) SetLastSucceeded(ctx context.Context, service, env string, v flow.LastSuccess) error {
-	b := s.NewBatch()
-	res := b.SetLastSucceeded(ctx, service, env, v)
-	_ = b.Exec(ctx)
-	return res()
 }
 
 // LastSucceeded returns the last version that succeeded in each
