@@ -2,6 +2,8 @@ package flow
 
 import (
 	"encoding/json"
+	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -34,7 +36,7 @@ func everyField() *Flow {
 		Supersedes: "s", RollbackOf: "r", RedeployOf: "d", Reason: "tab\there\nnew\x00\x1f\x7f",
 		Metadata: map[string]string{"z": "1", "a": "\xff\xfe", "m": ""},
 		Deployments: []Deployment{{
-			ID: "d1", FlowID: "id", Environment: "staging", State: Failed, CreatedAt: &at, StartedAt: &local,
+			ID: "d1", FlowID: "id", Environment: "staging", State: Failed, CreatedAt: &at, StartedAt: &local, CompletedAt: &at, FinishedAt: &local,
 			Reason: "r", Waiting: true,
 			Jobs: []Job{{AgentID: "a1", State: JobFailed, ExitCode: &neg, Reason: "boom"}, {AgentID: "a2", State: JobSucceeded, ExitCode: &code}},
 			Promotions: []Promotion{
@@ -107,5 +109,57 @@ func TestAppendJSONTimes(t *testing.T) {
 		time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("", 30)), time.Unix(1<<40, 0).UTC(),
 	} {
 		sameJSON(t, &Flow{CreatedAt: at, UpdatedAt: at.Local()})
+	}
+}
+
+// TestEveryFieldSetsEveryField guards AppendJSON against fields added to
+// the model later: everyField must set each field of each struct it holds
+// (somewhere), so that TestAppendJSON compares its encoding with
+// encoding/json. A new field left out of AppendJSON fails there; one left
+// out of everyField fails here.
+func TestEveryFieldSetsEveryField(t *testing.T) {
+	t.Parallel()
+	fields := map[string]bool{} // "Type.Field" -> set in at least one value
+	var walk func(v reflect.Value)
+	walk = func(v reflect.Value) {
+		switch v.Kind() {
+		case reflect.Pointer:
+			if !v.IsNil() {
+				walk(v.Elem())
+			}
+		case reflect.Slice:
+			for i := range v.Len() {
+				walk(v.Index(i))
+			}
+		case reflect.Map:
+			for it := v.MapRange(); it.Next(); {
+				walk(it.Value())
+			}
+		case reflect.Struct:
+			if v.Type().PkgPath() != reflect.TypeFor[Flow]().PkgPath() {
+				return // time.Time and the like: values, not model fields
+			}
+			for i := range v.NumField() {
+				name := v.Type().Name() + "." + v.Type().Field(i).Name
+				fields[name] = fields[name] || !v.Field(i).IsZero()
+				walk(v.Field(i))
+			}
+		}
+	}
+	walk(reflect.ValueOf(everyField()))
+	require.NotEmpty(t, fields)
+	var unset []string
+	for name, set := range fields {
+		if !set {
+			unset = append(unset, name)
+		}
+	}
+	slices.Sort(unset)
+	require.Empty(t, unset, "everyField leaves these at their zero value: set them, so that AppendJSON is checked against encoding/json for them")
+	for _, typ := range []reflect.Type{
+		reflect.TypeFor[Flow](), reflect.TypeFor[Deployment](), reflect.TypeFor[Job](), reflect.TypeFor[Promotion](),
+		reflect.TypeFor[Spec](), reflect.TypeFor[EnvSpec](), reflect.TypeFor[PromotionSpec](),
+	} {
+		require.Contains(t, fields, typ.Name()+"."+typ.Field(0).Name, "everyField holds no %s", typ.Name())
 	}
 }
