@@ -121,6 +121,9 @@ type LastSuccess struct {
 	Commit   string `json:"commit"`
 	Ref      string `json:"ref"`
 	FlowID   string `json:"flow_id"`
+	// SucceededAt is when its deployment succeeded: of two successes
+	// recorded for one environment, the later one is kept.
+	SucceededAt time.Time `json:"succeeded_at,omitzero"`
 }
 
 // Input is what arrives with every event: its time, the agents online then

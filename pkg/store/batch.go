@@ -155,11 +155,13 @@ func (b *Batch) AddTimer(ctx context.Context, flowID, key string, at time.Time) 
 	}
 }
 
-// SetLastSucceeded records the version that just succeeded in env.
+// SetLastSucceeded records the version that succeeded in env at
+// v.SucceededAt, unless a later success is recorded there already.
 func (b *Batch) SetLastSucceeded(ctx context.Context, service, env string, v flow.LastSuccess) func() error {
 	data, err := json.Marshal(v)
-	i := b.add(nil, func(p redis.Pipeliner) []redis.Cmder {
-		return []redis.Cmder{p.HSet(ctx, b.s.keys.LastSucceeded(service), env, data)}
+	keys := []string{b.s.keys.LastSucceeded(service), b.s.keys.LastSucceededAt(service)}
+	i := b.add(lastSucceededScript, func(p redis.Pipeliner) []redis.Cmder {
+		return []redis.Cmder{lastSucceededScript.EvalSha(ctx, p, keys, env, data, v.SucceededAt.UnixMicro())}
 	})
 	return func() error {
 		if err != nil {

@@ -23,6 +23,10 @@ var (
 	//go:embed scripts/slot_release.lua
 	slotReleaseSrc    string
 	slotReleaseScript = redis.NewScript(slotReleaseSrc)
+
+	//go:embed scripts/last_succeeded.lua
+	lastSucceededSrc    string
+	lastSucceededScript = redis.NewScript(lastSucceededSrc)
 )
 
 // RequestSlot asks for (service, env) for a deployment. It reports whether

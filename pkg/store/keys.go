@@ -98,6 +98,13 @@ func (k Keys) LastSucceeded(service string) string {
 	return k.Prefix + "service:{" + service + "}:last_succeeded"
 }
 
+// LastSucceededAt is a hash of environment -> when the version in
+// LastSucceeded succeeded there (µs since the epoch): an older success,
+// replayed late, does not replace a newer one.
+func (k Keys) LastSucceededAt(service string) string {
+	return k.Prefix + "service:{" + service + "}:last_succeeded_at"
+}
+
 // ArtifactVersions is a sorted set of an artifact's versions by first-seen time (ms).
 func (k Keys) ArtifactVersions(artifact string) string {
 	return k.Prefix + "artifact:{" + artifact + "}:versions"

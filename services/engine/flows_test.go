@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -218,7 +219,19 @@ func TestEngineRollback(t *testing.T) {
 	require.Len(t, f.Deployments, 1)
 	require.Equal(t, "production", f.Deployments[0].Environment)
 	fx.report(t, rb, "production", "p1", wire.JobFinished, 0)
-	fx.waitState(t, rb, flow.FlowSucceeded, flow.Succeeded)
+	f = fx.waitState(t, rb, flow.FlowSucceeded, flow.Succeeded)
+
+	// Each environment's last success names its flow and when it
+	// succeeded there (what keeps a late replay from going back in time).
+	b := fx.waitState(t, bad, flow.FlowFailed, flow.Succeeded, flow.Failed)
+	want := map[string]flow.LastSuccess{
+		"staging":    {Artifact: "acme:web", Version: shaN(1), Commit: shaN(1), Ref: "refs/heads/main", FlowID: bad, SucceededAt: *b.Deployments[0].FinishedAt},
+		"production": {Artifact: "acme:web", Version: shaN(0), Commit: shaN(0), Ref: "refs/heads/main", FlowID: rb, SucceededAt: *f.Deployments[0].FinishedAt},
+	}
+	require.Eventually(t, func() bool {
+		last, err := fx.st.LastSucceeded(context.Background(), "web")
+		return err == nil && reflect.DeepEqual(last, want)
+	}, 10*time.Second, 20*time.Millisecond)
 }
 
 // TestEngineReplicasAgree runs three engine replicas on one consumer

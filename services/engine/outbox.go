@@ -111,7 +111,7 @@ func (e *Engine) render(f *flow.Flow, effects []flow.Effect, eventID string, at 
 			err = add(outboxEntry{Op: opRelease, FlowID: f.ID, Service: f.Service, Environment: ef.Environment, DeploymentID: ef.DeploymentID})
 		case flow.EffectSucceeded:
 			err = add(outboxEntry{Op: opSucceeded, Service: f.Service, Environment: ef.Environment, Last: &flow.LastSuccess{
-				Artifact: f.Artifact, Version: f.Version, Commit: f.Commit, Ref: f.Ref, FlowID: f.ID,
+				Artifact: f.Artifact, Version: f.Version, Commit: f.Commit, Ref: f.Ref, FlowID: f.ID, SucceededAt: at,
 			}})
 		case flow.EffectCancelJobs:
 			var ids []string
