@@ -42,6 +42,10 @@ func Connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Con
 	return nc, nil
 }
 
+// MaxEventSize is the largest message EVENTS takes: a GitHub delivery (at
+// most 25 MiB) with its headers.
+const MaxEventSize = 26 << 20
+
 // StreamConfigs returns the configuration of every stream.
 func StreamConfigs() []jetstream.StreamConfig {
 	week := 7 * 24 * time.Hour
@@ -50,7 +54,7 @@ func StreamConfigs() []jetstream.StreamConfig {
 			Name: wire.StreamEvents, Subjects: []string{wire.SubjectEventsAll},
 			Description: "GitHub deliveries, triggers and job reports, kept for replay",
 			Retention:   jetstream.LimitsPolicy, MaxAge: week, Storage: jetstream.FileStorage,
-			Duplicates: DuplicateWindow, MaxMsgSize: 26 << 20,
+			Duplicates: DuplicateWindow, MaxMsgSize: MaxEventSize,
 		},
 		{
 			Name: wire.StreamJobs, Subjects: []string{wire.SubjectJobsAll},

@@ -480,3 +480,79 @@ func TestEngineRecreatesDeletedConsumer(t *testing.T) {
 	fx.publishPush(t, "d-1", "d-1", sha)
 	fx.waitState(t, flowID, flow.FlowInProgress, flow.Created)
 }
+
+// TestEngineStopGivesBackPulledEvents: events an engine pulled but had not
+// started when it stopped are handed back at once (Nak), not left pending
+// until AckWait. AckWait is ten minutes here, so the next engine applies
+// them within the test only if they were handed back; the event in hand is
+// finished and acked.
+func TestEngineStopGivesBackPulledEvents(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	newEngine := func() *Engine {
+		e, err := New(Config{AgentLostAfter: time.Hour, AckWait: 10 * time.Minute, Workers: 1}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
+		require.NoError(t, err)
+		return e
+	}
+	e := newEngine()
+	inHand := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	e.afterCommitFunc = func() error {
+		once.Do(func() { close(inHand) })
+		<-release
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	const events = 6
+	for i := range events {
+		fx.publishPush(t, fmt.Sprintf("d-%d", i), fmt.Sprintf("d-%d", i), shaN(i))
+	}
+	select {
+	case <-inHand:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no event applied in 30s")
+	}
+	// The one worker holds one event; more were pulled behind it.
+	cons, err := fx.js.Consumer(context.Background(), wire.StreamEvents, "engine")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumAckPending > 1
+	}, 10*time.Second, 10*time.Millisecond, "events pulled ahead of the worker")
+	cancel()
+	close(release)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("engine did not stop in 30s")
+	}
+	first := fx.waitState(t, flow.FlowID("acme:web", shaN(0), "web"), flow.FlowInProgress)
+	runEngine(t, newEngine())
+	// Each push made its flow (newer ones supersede older ones, so
+	// states differ).
+	for i := 1; i < events; i++ {
+		id := flow.FlowID("acme:web", shaN(i), "web")
+		testenv.Eventually(t, 20*time.Second, "flow "+id, func() bool {
+			_, err := fx.st.GetFlow(context.Background(), id)
+			return err == nil
+		})
+	}
+	fx.waitIdle(t)
+	again, err := fx.st.GetFlow(context.Background(), first.ID)
+	require.NoError(t, err)
+	require.Equal(t, first.CreatedAt, again.CreatedAt, "the event in hand was applied once")
+}
+
+func TestEngineRefusesAPullTooSmallForAnEvent(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	_, err := New(Config{PullMaxBytes: 1 << 20}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
+	require.ErrorContains(t, err, "OTARIINAE_ENGINE_PULL_MAX_BYTES is 1048576: it must be at least 27262976")
+	e, err := New(Config{}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
+	require.NoError(t, err)
+	require.Equal(t, DefaultPullMaxBytes, e.cfg.PullMaxBytes)
+}
