@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"hash/maphash"
 	"sync"
 
 	"github.com/shanenoi/otariinae/pkg/flow"
@@ -48,4 +49,28 @@ func (c *flowCache) drop(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.flows, id)
+}
+
+// flowLocks serialises this replica's writers of one flow: events of a hot
+// flow (many agents reporting at once) wait their turn and find the cached
+// state current, instead of losing the revision check to each other and
+// reading again. Striped: flows that share a stripe also wait for each
+// other, which costs a little concurrency, never correctness (a worker
+// holds one stripe at a time). Replicas still meet at the revision check.
+type flowLocks struct {
+	seed    maphash.Seed
+	stripes [flowLockStripes]sync.Mutex
+}
+
+// flowLockStripes is well above the default worker count, so that
+// unrelated flows seldom wait for each other.
+const flowLockStripes = 4096
+
+func newFlowLocks() *flowLocks { return &flowLocks{seed: maphash.MakeSeed()} }
+
+// lock locks flowID's stripe and returns its unlock.
+func (l *flowLocks) lock(flowID string) func() {
+	m := &l.stripes[maphash.String(l.seed, flowID)%flowLockStripes]
+	m.Lock()
+	return m.Unlock
 }

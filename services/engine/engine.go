@@ -63,6 +63,7 @@ type Engine struct {
 	agents   []flow.Agent
 
 	cache *flowCache
+	locks *flowLocks
 
 	// consumingFunc, when set (benchmarks only), runs once the engine is
 	// set up (streams, bucket, consumer, workers), just before it pulls
@@ -115,7 +116,7 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 		// A pull that cannot hold the largest event would stall on it.
 		return nil, fmt.Errorf("OTARIINAE_ENGINE_PULL_MAX_BYTES is %d: it must be at least %d, the largest event", cfg.PullMaxBytes, bus.MaxEventSize)
 	}
-	e := &Engine{cfg: cfg, nc: nc, js: js, st: st, conf: conf, log: log, now: time.Now, cache: newFlowCache(10000)}
+	e := &Engine{cfg: cfg, nc: nc, js: js, st: st, conf: conf, log: log, now: time.Now, cache: newFlowCache(10000), locks: newFlowLocks()}
 	e.m = metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otariinae_engine_events_total", Help: "Events consumed, by kind and result (applied, duplicate, rejected, retried).",
@@ -413,6 +414,7 @@ const maxConflicts = 50
 // apply applies one event to one flow and carries out the outbox. It
 // returns "applied" or "duplicate".
 func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, error) {
+	defer e.locks.lock(t.flowID)()
 	_, isCreate := t.event.(flow.CreateFlow)
 	for attempt := 0; ; attempt++ {
 		if attempt == maxConflicts {
@@ -422,11 +424,12 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		// not read from Redis now; the commit's revision check catches a
 		// wrong one.
 		ld, unverified := e.cache.get(t.flowID)
+		guessedNew := false
 		if !unverified && isCreate && attempt == 0 {
 			// A create most often makes a new flow: write it as one
 			// (revision 0) without reading first. The commit refuses if
 			// the flow exists or the event was applied; then we read.
-			ld, unverified = store.Loaded{}, true
+			ld, unverified, guessedNew = store.Loaded{}, true, true
 		}
 		if !unverified || attempt > 0 {
 			var err error
@@ -464,7 +467,9 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		}
 		c, err := e.st.Commit(ctx, next, ld.Rev, t.eventID, ob.raw)
 		if errors.Is(err, store.ErrConflict) {
-			if !unverified || attempt > 0 {
+			if !guessedNew {
+				// Another writer (a replica, or this one before the cache
+				// was current) moved the flow on: read it and apply again.
 				e.m.conflicts.Inc()
 			}
 			e.cache.drop(t.flowID)

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -555,4 +556,41 @@ func TestEngineRefusesAPullTooSmallForAnEvent(t *testing.T) {
 	e, err := New(Config{}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
 	require.NoError(t, err)
 	require.Equal(t, DefaultPullMaxBytes, e.cfg.PullMaxBytes)
+}
+
+// TestEngineHotFlowHasNoConflicts: many agents of one deployment report at
+// once (a backlog the engine's workers take together); within one replica
+// they take turns on the flow and none loses the revision check.
+func TestEngineHotFlowHasNoConflicts(t *testing.T) {
+	t.Parallel()
+	fx := setup(t)
+	const agents = 40
+	now := time.Now().UTC()
+	for i := range agents {
+		require.NoError(t, fx.st.PutAgent(context.Background(), store.AgentRecord{
+			ID: fmt.Sprintf("h%02d", i), Labels: map[string]string{"env": "staging"}, State: "idle", LastSeenAt: now,
+		}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first := fx.newEngine(t)
+	done := make(chan error, 1)
+	go func() { done <- first.Run(ctx) }()
+	fx.publishPush(t, "d-1", "d-1", sha)
+	f := fx.waitState(t, flowID, flow.FlowInProgress, flow.Created)
+	require.Len(t, f.Deployments[0].Jobs, agents+2)
+	fx.waitIdle(t)
+	cancel()
+	require.NoError(t, <-done)
+
+	// Every job starts and finishes while no engine runs.
+	for _, st := range []wire.JobState{wire.JobStarted, wire.JobFinished} {
+		for _, j := range f.Deployments[0].Jobs {
+			fx.report(t, flowID, "staging", j.AgentID, st, 0)
+		}
+	}
+	e := fx.newEngine(t)
+	runEngine(t, e)
+	fx.waitState(t, flowID, flow.FlowInProgress, flow.Succeeded, flow.Created)
+	fx.waitIdle(t)
+	require.Zero(t, testutil.ToFloat64(e.m.conflicts), "writers of one flow in one replica take turns")
 }
