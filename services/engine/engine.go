@@ -37,13 +37,8 @@ type Config struct {
 	AgentLostAfter time.Duration `split_words:"true" default:"30s" desc:"an agent silent this long gets no new jobs"`
 	AckWait        time.Duration `envconfig:"ENGINE_ACK_WAIT" default:"30s" desc:"redeliver an event not acked in this time"`
 	Workers        int           `envconfig:"ENGINE_WORKERS" default:"512" desc:"events applied concurrently by this replica (their Redis calls share pipelines)"`
-	PullMaxBytes   int           `envconfig:"ENGINE_PULL_MAX_BYTES" default:"67108864" desc:"most bytes of events one pull asks for (at least 27262976, the largest event)"`
 	TimerInterval  time.Duration `envconfig:"ENGINE_TIMER_INTERVAL" default:"1s" desc:"how often due timers (soaks, promotion timeouts) are fired"`
 }
-
-// DefaultPullMaxBytes bounds the bytes of one pull of events: with large
-// GitHub deliveries, what a replica holds in memory, not only how many.
-const DefaultPullMaxBytes = 64 << 20
 
 // Engine runs the flow state machine over the EVENTS stream.
 type Engine struct {
@@ -108,13 +103,6 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 	}
 	if cfg.TimerInterval <= 0 {
 		cfg.TimerInterval = time.Second
-	}
-	if cfg.PullMaxBytes <= 0 {
-		cfg.PullMaxBytes = DefaultPullMaxBytes
-	}
-	if cfg.PullMaxBytes < bus.MaxEventSize {
-		// A pull that cannot hold the largest event would stall on it.
-		return nil, fmt.Errorf("OTARIINAE_ENGINE_PULL_MAX_BYTES is %d: it must be at least %d, the largest event", cfg.PullMaxBytes, bus.MaxEventSize)
 	}
 	e := &Engine{cfg: cfg, nc: nc, js: js, st: st, conf: conf, log: log, now: time.Now, cache: newFlowCache(10000), locks: newFlowLocks()}
 	e.m = metrics{
@@ -269,9 +257,10 @@ func (e *Engine) Run(ctx context.Context) error {
 func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan<- jetstream.Msg) error {
 	// Short pulls with heartbeats: a lost consumer or connection shows
 	// within seconds, not at the 30 s default expiry. At most 2×workers
-	// events per pull, so that replicas share MaxAckPending, and at most
-	// PullMaxBytes, so that large deliveries do not pile up in memory.
-	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(2*e.cfg.Workers, e.cfg.PullMaxBytes),
+	// events buffered, so that replicas share MaxAckPending. (A byte cap,
+	// PullMaxMessagesWithBytesLimit, made nats.go v1.55.0 overflow its own
+	// buffer under load and drop events: see docs/architecture.md.)
+	it, err := cons.Messages(jetstream.PullMaxMessages(2*e.cfg.Workers),
 		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(3*time.Second))
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)

@@ -548,16 +548,6 @@ func TestEngineStopGivesBackPulledEvents(t *testing.T) {
 	require.Equal(t, first.CreatedAt, again.CreatedAt, "the event in hand was applied once")
 }
 
-func TestEngineRefusesAPullTooSmallForAnEvent(t *testing.T) {
-	t.Parallel()
-	fx := setup(t)
-	_, err := New(Config{PullMaxBytes: 1 << 20}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
-	require.ErrorContains(t, err, "OTARIINAE_ENGINE_PULL_MAX_BYTES is 1048576: it must be at least 27262976")
-	e, err := New(Config{}, fx.nc, fx.st, fx.conf, testenv.Logger(t), prometheus.NewRegistry())
-	require.NoError(t, err)
-	require.Equal(t, DefaultPullMaxBytes, e.cfg.PullMaxBytes)
-}
-
 // TestEngineHotFlowHasNoConflicts: many agents of one deployment report at
 // once (a backlog the engine's workers take together); within one replica
 // they take turns on the flow and none loses the revision check.
