@@ -188,3 +188,26 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// RedisCPU is the CPU time (user and system) redis-server behind rdb has
+// spent so far, as its INFO reports it (to the µs). Benchmarks take the
+// difference across a run.
+func RedisCPU(t testing.TB, rdb redis.UniversalClient) time.Duration {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		t.Fatalf("redis INFO cpu: %v", err)
+	}
+	var total time.Duration
+	for line := range strings.Lines(info) {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			secs, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("redis INFO %s: %v", k, err)
+			}
+			total += time.Duration(secs * float64(time.Second))
+		}
+	}
+	return total
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -279,16 +278,5 @@ func cpuUsed(b *testing.B, rdb redis.UniversalClient) time.Duration {
 	b.Helper()
 	var ru syscall.Rusage
 	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
-	total := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	info, err := rdb.Info(context.Background(), "cpu").Result()
-	require.NoError(b, err)
-	for line := range strings.Lines(info) {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
-			secs, err := strconv.ParseFloat(v, 64)
-			require.NoError(b, err)
-			total += time.Duration(secs * float64(time.Second))
-		}
-	}
-	return total
+	return time.Duration(ru.Utime.Nano()+ru.Stime.Nano()) + testenv.RedisCPU(b, rdb)
 }

@@ -1,0 +1,94 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shanenoi/otariinae/pkg/flow"
+	"github.com/shanenoi/otariinae/pkg/store"
+	"github.com/shanenoi/otariinae/pkg/testenv"
+)
+
+// BenchmarkCommit measures what Redis spends on the engine's state write,
+// next to the engine benchmark's ceiling in the same run: a one-line
+// EVALSHA (HSET of a small field) on a thousand keys. Both go through the
+// group commit from 256 goroutines, as the engine's calls do. The writes
+// are whole flows as the engine stores them (a staging and a production
+// environment, two jobs: about 1.2 KB of JSON): commit.lua creating a
+// new flow, and commit.lua moving an existing flow to its next revision.
+// Reported per operation: calls/s and redis-server CPU (µs), the figures
+// docs/performance.md uses to place the engine's floor.
+func BenchmarkCommit(b *testing.B) {
+	r := testenv.StartRedis(b)
+	st := store.New(r.Client, r.Prefix)
+	ctx := context.Background()
+	n := 5000 * b.N
+	at := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	agents := []flow.Agent{{ID: "s1", Labels: map[string]string{"env": "staging"}}, {ID: "s2", Labels: map[string]string{"env": "staging"}}}
+	flows := make([]*flow.Flow, n)
+	for i := range flows {
+		c := flow.CreateFlow{
+			FlowID: fmt.Sprintf("f%024d", i), Artifact: "acme:web", Version: "v", Commit: "c", Ref: "refs/heads/main",
+			Service: "web", Repository: "acme/web", Spec: flow.Spec{
+				GitURL: "file:///srv/web.git", Command: "./deploy.sh", FailureStrategy: "stop", Supersede: true,
+				Environments: []flow.EnvSpec{
+					{Name: "staging", Targets: map[string]string{"env": "staging"}, Timeout: 30 * time.Minute},
+					{Name: "production", Targets: map[string]string{"env": "production"}, Timeout: 30 * time.Minute},
+				},
+			},
+		}
+		f, _, err := flow.Apply(nil, c, flow.Input{At: at, Agents: agents})
+		require.NoError(b, err)
+		f, _, err = flow.Apply(f, flow.SlotGranted{DeploymentID: flow.DeploymentID(c.FlowID, "staging")}, flow.Input{At: at, Agents: agents})
+		require.NoError(b, err)
+		flows[i] = f
+	}
+	// run does n operations from 256 goroutines and returns calls/s and
+	// redis-server CPU µs per call.
+	run := func(op func(i int) error) (float64, float64) {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		cpu0, start := testenv.RedisCPU(b, r.Client), time.Now()
+		for range 256 {
+			wg.Go(func() {
+				for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+					if err := op(i); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		elapsed, cpu := time.Since(start), testenv.RedisCPU(b, r.Client)-cpu0
+		return float64(n) / elapsed.Seconds(), float64(cpu.Microseconds()) / float64(n)
+	}
+	script := redis.NewScript(`return redis.call('HSET', KEYS[1], 'rev', ARGV[1])`)
+	b.ResetTimer()
+	ceiling, ceilingCPU := run(func(i int) error {
+		_, err := st.Eval(ctx, script, []string{fmt.Sprintf("%sc:{%d}", r.Prefix, i%1000)}, i)
+		return err
+	})
+	created, createdCPU := run(func(i int) error {
+		_, err := st.Commit(ctx, flows[i], 0, "create", nil)
+		return err
+	})
+	moved, movedCPU := run(func(i int) error {
+		_, err := st.Commit(ctx, flows[i], 1, "grant", nil)
+		return err
+	})
+	b.StopTimer()
+	b.ReportMetric(ceiling, "ceiling_calls/s")
+	b.ReportMetric(ceilingCPU, "ceiling_redis_cpu_us/call")
+	b.ReportMetric(created, "create_calls/s")
+	b.ReportMetric(createdCPU, "create_redis_cpu_us/call")
+	b.ReportMetric(moved, "update_calls/s")
+	b.ReportMetric(movedCPU, "update_redis_cpu_us/call")
+}
