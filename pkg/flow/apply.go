@@ -104,6 +104,12 @@ type Supersede struct {
 	Version string
 }
 
+// Supersedes says this flow told an older flow of its service to give
+// way: the newest such flow is recorded as the one it supersedes.
+type Supersedes struct {
+	Older string // the older flow's id
+}
+
 func (CreateFlow) eventName() string      { return "create_flow" }
 func (JobStarted) eventName() string      { return "job_started" }
 func (JobFinished) eventName() string     { return "job_finished" }
@@ -112,6 +118,7 @@ func (TimerFired) eventName() string      { return "timer_fired" }
 func (SlotGranted) eventName() string     { return "slot_granted" }
 func (Cancel) eventName() string          { return "cancel" }
 func (Supersede) eventName() string       { return "supersede" }
+func (Supersedes) eventName() string      { return "supersedes" }
 
 // LastSuccess is the last version that succeeded in an environment: where a
 // rollback goes.
@@ -269,6 +276,13 @@ func Apply(f *Flow, ev Event, in Input) (*Flow, []Effect, error) {
 		err = m.cancel(e)
 	case Supersede:
 		err = m.supersede(e)
+	case Supersedes:
+		if m.f.State.Terminal() || m.f.Supersedes != "" || e.Older == "" || e.Older == m.f.ID {
+			// Recorded once, while the flow runs; a flow that ended
+			// never changes.
+			return f, nil, nil
+		}
+		m.f.Supersedes, m.f.UpdatedAt = e.Older, m.in.At
 	default:
 		err = fmt.Errorf("%w: unknown event %T", ErrInvalidEvent, ev)
 	}

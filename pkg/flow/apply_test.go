@@ -506,6 +506,30 @@ func TestSupersede(t *testing.T) {
 		require.Empty(t, effs)
 	})
 
+	t.Run("the newer flow records the flow it superseded, once", func(t *testing.T) {
+		t.Parallel()
+		f, _ := run(t, nil, c)
+		got, effs, err := Apply(f, Supersedes{Older: "folder"}, in(5))
+		require.NoError(t, err)
+		require.Empty(t, effs, "no hook: the flow's state did not move")
+		require.Equal(t, "folder", got.Supersedes)
+		require.Equal(t, t0.Add(5*time.Second), got.UpdatedAt)
+		require.Empty(t, f.Supersedes, "the flow applied to is not modified")
+		again, _, err := Apply(got, Supersedes{Older: "fother"}, in(6))
+		require.NoError(t, err)
+		require.Equal(t, got, again, "recorded once")
+		for _, older := range []string{"", c.FlowID} {
+			same, _, err := Apply(f, Supersedes{Older: older}, in(6))
+			require.NoError(t, err)
+			require.Equal(t, f, same)
+		}
+		ended, _ := run(t, f, Cancel{Reason: "x"})
+		same, effs, err := Apply(ended, Supersedes{Older: "folder"}, in(7))
+		require.NoError(t, err)
+		require.Empty(t, effs)
+		require.Equal(t, ended, same, "a flow that ended never changes")
+	})
+
 	t.Run("supersede by itself or after the end changes nothing", func(t *testing.T) {
 		t.Parallel()
 		f, _ := run(t, nil, c)

@@ -78,6 +78,9 @@ func eventOf(c CreateFlow, envs, ags []string, op byte) Event {
 	case 8:
 		return TimerFired{Key: TimerKey(dep, promo, []string{"wait", "timeout"}[int(op>>7)])}
 	case 9:
+		if op > 200 {
+			return Supersedes{Older: "folder"}
+		}
 		return Supersede{By: "fnewer", Version: "v2"}
 	case 10:
 		if op > 200 {

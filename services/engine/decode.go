@@ -20,10 +20,11 @@ import (
 
 // internalEvent is what the engine sends itself through EVENTS
 // (wire.SubjectInternal): timers that fired, environments handed over,
-// supersede notices and rollback flows. Going through the stream makes
+// supersede notices (to the older flows, and to the newer one, naming the
+// flow it superseded) and rollback flows. Going through the stream makes
 // each one a durable, de-duplicated event like any other.
 type internalEvent struct {
-	Kind         string           `json:"kind"` // timer | slot | supersede | create
+	Kind         string           `json:"kind"` // timer | slot | supersede | supersedes | create
 	FlowID       string           `json:"flow_id"`
 	Key          string           `json:"key,omitempty"`
 	DeploymentID string           `json:"deployment_id,omitempty"`
@@ -95,6 +96,8 @@ func decodeInternal(data []byte, msgID string) ([]target, error) {
 		t.event = flow.SlotGranted{DeploymentID: ie.DeploymentID}
 	case "supersede":
 		t.event = flow.Supersede{By: ie.By, Version: ie.Version}
+	case "supersedes":
+		t.event = flow.Supersedes{Older: ie.By}
 	case "create":
 		if ie.Create == nil {
 			return nil, errors.New("internal create without a flow")

@@ -188,7 +188,24 @@ func TestEngineSupersede(t *testing.T) {
 	fx.report(t, flowOf(0), "staging", "s2", wire.JobFinished, 0)
 	fx.waitState(t, flowOf(0), flow.FlowCancelled, flow.Succeeded, flow.Cancelled)
 	// The newest gets staging once the first released it.
-	fx.waitState(t, flowOf(2), flow.FlowInProgress, flow.Created, flow.NotStarted)
+	f2 := fx.waitState(t, flowOf(2), flow.FlowInProgress, flow.Created, flow.NotStarted)
+	// It names the flow it superseded: the newest older one it saw (the
+	// middle one, or the first if it looked before the middle one joined).
+	testenv.Eventually(t, 10*time.Second, "flow 2 names the flow it superseded", func() bool {
+		f, err := fx.st.GetFlow(context.Background(), f2.ID)
+		return err == nil && (f.Supersedes == flowOf(1) || f.Supersedes == flowOf(0))
+	})
+	// A later push, once the others ended, supersedes flow 2 alone.
+	fx.report(t, flowOf(2), "staging", "s1", wire.JobStarted, 0)
+	fx.publishPush(t, "d-3", "d-3", shaN(3))
+	fx.waitState(t, flowOf(2), flow.FlowInProgress, flow.Started, flow.Cancelled)
+	testenv.Eventually(t, 10*time.Second, "flow 3 names flow 2", func() bool {
+		f, err := fx.st.GetFlow(context.Background(), flowOf(3))
+		return err == nil && f.Supersedes == flowOf(2)
+	})
+	f1, err := fx.st.GetFlow(context.Background(), flowOf(1))
+	require.NoError(t, err)
+	require.NotEqual(t, flowOf(2), f1.Supersedes, "an older flow never names a newer one")
 }
 
 func TestEngineRollback(t *testing.T) {
