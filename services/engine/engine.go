@@ -265,12 +265,24 @@ func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)
 	}
-	// Drain, not Stop: the buffered events stay readable, to be given back.
-	stop := context.AfterFunc(ctx, it.Drain)
+	// At stop: Drain, not Stop, so that the buffered events stay readable
+	// and can be given back; but give up after a while (a server that
+	// stopped answering), and at once when NATS is unreachable anyway.
+	giveUp, cancelGiveUp := context.WithCancel(context.Background())
+	defer cancelGiveUp()
+	stop := context.AfterFunc(ctx, func() {
+		if !e.nc.IsConnected() {
+			it.Stop()
+			cancelGiveUp()
+			return
+		}
+		it.Drain()
+		time.AfterFunc(drainGiveUp, cancelGiveUp)
+	})
 	defer stop()
 	defer it.Stop()
 	for {
-		msg, err := it.Next()
+		msg, err := it.Next(jetstream.NextContext(giveUp))
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -303,6 +315,10 @@ func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan
 		}
 	}
 }
+
+// drainGiveUp bounds how long a stopping engine waits to give back the
+// events it pulled: past it, they come back after AckWait instead.
+const drainGiveUp = 2 * time.Second
 
 // target is one flow an event applies to.
 type target struct {

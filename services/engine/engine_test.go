@@ -584,3 +584,37 @@ func TestEngineHotFlowHasNoConflicts(t *testing.T) {
 	fx.waitIdle(t)
 	require.Zero(t, testutil.ToFloat64(e.m.conflicts), "writers of one flow in one replica take turns")
 }
+
+// TestEngineStopsWithNATSDown: an engine told to stop while NATS is gone
+// does not wait to hand back events it cannot reach the server with.
+func TestEngineStopsWithNATSDown(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	r := testenv.StartRedis(t)
+	conf, err := config.Parse(strings.NewReader(confYAML))
+	require.NoError(t, err)
+	e, err := New(Config{Workers: testWorkers}, n.Conn(t), store.New(r.Client, r.Prefix), config.Static(conf), testenv.Logger(t), prometheus.NewRegistry())
+	require.NoError(t, err)
+	consuming := make(chan struct{})
+	e.consumingFunc = func() { close(consuming) }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	select {
+	case <-consuming:
+	case <-time.After(30 * time.Second):
+		t.Fatal("engine not consuming in 30s")
+	}
+	n.Shutdown()
+	testenv.Eventually(t, 10*time.Second, "the client sees NATS gone", func() bool { return !e.nc.IsConnected() })
+	cancel()
+	// Waiting for the server would take the drain's 10 s or more; giving
+	// up at once takes next to nothing. Half of that tells them apart on
+	// any machine.
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("engine still stopping 5s after it was told to, with NATS down")
+	}
+}
