@@ -100,12 +100,19 @@ func (fx *fixture) newEngineWith(t testing.TB, workers int) *Engine {
 	return e
 }
 
+// startEngine runs e until ctx ends; what Run returns arrives on the
+// channel.
+func startEngine(ctx context.Context, e *Engine) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	return done
+}
+
 // runEngine runs e until the test ends.
 func runEngine(t *testing.T, e *Engine) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
+	done := startEngine(ctx, e)
 	t.Cleanup(func() {
 		cancel()
 		require.NoError(t, <-done)
@@ -358,8 +365,7 @@ func TestEngineRestartResumes(t *testing.T) {
 	fx := setup(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	e1 := fx.newEngine(t)
-	done := make(chan error, 1)
-	go func() { done <- e1.Run(ctx) }()
+	done := startEngine(ctx, e1)
 	fx.publishPush(t, "d-1", "d-1", sha)
 	fx.waitState(t, flowID, flow.FlowInProgress, flow.Created)
 	cancel()
@@ -449,8 +455,7 @@ func TestEngineKilledAfterCommitThenRestarted(t *testing.T) {
 		once.Do(cancel) // the process dies here
 		return errors.New("killed")
 	}
-	done := make(chan error, 1)
-	go func() { done <- e1.Run(ctx) }()
+	done := startEngine(ctx, e1)
 	fx.publishPush(t, "d-1", "d-1", sha)
 	require.NoError(t, <-done)
 	f, err := fx.st.GetFlow(context.Background(), flowID)
@@ -505,8 +510,7 @@ func TestEngineStopGivesBackPulledEvents(t *testing.T) {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
+	done := startEngine(ctx, e)
 	const events = 6
 	for i := range events {
 		fx.publishPush(t, fmt.Sprintf("d-%d", i), fmt.Sprintf("d-%d", i), shaN(i))
@@ -563,8 +567,7 @@ func TestEngineHotFlowHasNoConflicts(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	first := fx.newEngine(t)
-	done := make(chan error, 1)
-	go func() { done <- first.Run(ctx) }()
+	done := startEngine(ctx, first)
 	fx.publishPush(t, "d-1", "d-1", sha)
 	f := fx.waitState(t, flowID, flow.FlowInProgress, flow.Created)
 	require.Len(t, f.Deployments[0].Jobs, agents+2)
@@ -598,8 +601,7 @@ func TestEngineStopsWithNATSDown(t *testing.T) {
 	consuming := make(chan struct{})
 	e.consumingFunc = func() { close(consuming) }
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
+	done := startEngine(ctx, e)
 	select {
 	case <-consuming:
 	case <-time.After(30 * time.Second):
