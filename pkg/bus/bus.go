@@ -42,9 +42,9 @@ func Connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Con
 	return nc, nil
 }
 
-// MaxEventSize is the largest message EVENTS takes: a GitHub delivery (at
+// maxEventSize is the largest message EVENTS takes: a GitHub delivery (at
 // most 25 MiB) with its headers.
-const MaxEventSize = 26 << 20
+const maxEventSize = 26 << 20
 
 // StreamConfigs returns the configuration of every stream.
 func StreamConfigs() []jetstream.StreamConfig {
@@ -54,7 +54,7 @@ func StreamConfigs() []jetstream.StreamConfig {
 			Name: wire.StreamEvents, Subjects: []string{wire.SubjectEventsAll},
 			Description: "GitHub deliveries, triggers and job reports, kept for replay",
 			Retention:   jetstream.LimitsPolicy, MaxAge: week, Storage: jetstream.FileStorage,
-			Duplicates: DuplicateWindow, MaxMsgSize: MaxEventSize,
+			Duplicates: DuplicateWindow, MaxMsgSize: maxEventSize,
 		},
 		{
 			Name: wire.StreamJobs, Subjects: []string{wire.SubjectJobsAll},

@@ -51,10 +51,10 @@ func (c *flowCache) drop(id string) {
 	delete(c.flows, id)
 }
 
-// flowLocks serialises this replica's writers of one flow: events of a hot
-// flow (many agents reporting at once) wait their turn and find the cached
-// state current, instead of losing the revision check to each other and
-// reading again. Striped: flows that share a stripe also wait for each
+// flowLocks serialises this replica's writers of one flow, from load to
+// commit: events of a hot flow (many agents reporting at once) wait their
+// turn and find the cached state current, instead of losing the revision
+// check to each other and reading again. Striped: flows that share a stripe also wait for each
 // other, which costs a little concurrency, never correctness (a worker
 // holds one stripe at a time). Replicas still meet at the revision check.
 type flowLocks struct {

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -67,6 +68,9 @@ type Engine struct {
 	// ackedFunc, when set (benchmarks only), runs after each event acked.
 	ackedFunc func()
 
+	// drainGiveUp is drainGiveUp, but for tests.
+	drainGiveUp time.Duration
+
 	// afterCommitFunc, when set (tests only), runs between the state write
 	// and the outbox; an error there stands for a crash.
 	afterCommitFunc func() error
@@ -104,7 +108,7 @@ func New(cfg Config, nc *nats.Conn, st *store.Store, conf *config.Live, log *slo
 	if cfg.TimerInterval <= 0 {
 		cfg.TimerInterval = time.Second
 	}
-	e := &Engine{cfg: cfg, nc: nc, js: js, st: st, conf: conf, log: log, now: time.Now, cache: newFlowCache(10000), locks: newFlowLocks()}
+	e := &Engine{cfg: cfg, nc: nc, js: js, st: st, conf: conf, log: log, now: time.Now, cache: newFlowCache(10000), locks: newFlowLocks(), drainGiveUp: drainGiveUp}
 	e.m = metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otariinae_engine_events_total", Help: "Events consumed, by kind and result (applied, duplicate, rejected, retried).",
@@ -176,7 +180,8 @@ func (e *Engine) ConsumerConfig() jetstream.ConsumerConfig {
 }
 
 // Run consumes events until ctx ends. Work in hand when ctx ends is
-// finished; prefetched messages are redelivered to another replica.
+// finished; events pulled but not started are given back (Nak), for
+// another replica or the next start.
 func (e *Engine) Run(ctx context.Context) error {
 	if err := bus.EnsureStreamsRetry(ctx, e.js, e.log); err != nil {
 		return nil // ctx ended before NATS came up
@@ -270,6 +275,12 @@ func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan
 	// stopped answering), and at once when NATS is unreachable anyway.
 	giveUp, cancelGiveUp := context.WithCancel(context.Background())
 	defer cancelGiveUp()
+	var giveUpTimer atomic.Pointer[time.Timer]
+	defer func() {
+		if t := giveUpTimer.Load(); t != nil {
+			t.Stop()
+		}
+	}()
 	stop := context.AfterFunc(ctx, func() {
 		if !e.nc.IsConnected() {
 			it.Stop()
@@ -277,10 +288,23 @@ func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan
 			return
 		}
 		it.Drain()
-		time.AfterFunc(drainGiveUp, cancelGiveUp)
+		giveUpTimer.Store(time.AfterFunc(e.drainGiveUp, cancelGiveUp))
 	})
 	defer stop()
 	defer it.Stop()
+	// Events to give back are Nak'd only once the drain is over: while
+	// this replica's pull request is still open, the server would hand a
+	// Nak'd event straight back to it, over and over, each time counting
+	// one more delivery (and an event that overtook its flow's create is
+	// given only a few).
+	var handBack []jetstream.Msg
+	defer func() {
+		for _, m := range handBack {
+			if err := m.Nak(); err != nil {
+				e.log.Warn("give back an event at stop", "subject", m.Subject(), "err", err)
+			}
+		}
+	}()
 	for {
 		msg, err := it.Next(jetstream.NextContext(giveUp))
 		if err != nil {
@@ -310,9 +334,7 @@ func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan
 			case <-ctx.Done():
 			}
 		}
-		if err := msg.Nak(); err != nil {
-			e.log.Warn("give back an event at stop", "subject", msg.Subject(), "err", err)
-		}
+		handBack = append(handBack, msg)
 	}
 }
 
@@ -419,7 +441,18 @@ const maxConflicts = 50
 // apply applies one event to one flow and carries out the outbox. It
 // returns "applied" or "duplicate".
 func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, error) {
-	defer e.locks.lock(t.flowID)()
+	// Writers of the flow in this replica take turns from load to commit;
+	// the outbox is carried out after, so that a slow NATS never holds
+	// the flow's other events (and their workers) behind it.
+	unlock := e.locks.lock(t.flowID)
+	locked := true
+	release := func() {
+		if locked {
+			locked = false
+			unlock()
+		}
+	}
+	defer release()
 	_, isCreate := t.event.(flow.CreateFlow)
 	for attempt := 0; ; attempt++ {
 		if attempt == maxConflicts {
@@ -450,6 +483,7 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 			if unverified {
 				f = nil
 			}
+			release()
 			return "duplicate", e.replay(ctx, t.flowID, f)
 		}
 		in, err := e.input(ctx, ld.Flow, t.event, at)
@@ -482,6 +516,7 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		}
 		if errors.Is(err, store.ErrAlreadyApplied) {
 			e.cache.drop(t.flowID)
+			release()
 			return "duplicate", e.replay(ctx, t.flowID, nil)
 		}
 		if err != nil {
@@ -489,6 +524,7 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 			return "", err
 		}
 		e.cache.put(next, c.Rev)
+		release()
 		if e.afterCommitFunc != nil {
 			if err := e.afterCommitFunc(); err != nil {
 				return "", err

@@ -389,23 +389,28 @@ func (e *Engine) doRedis(ctx context.Context, ops []outboxEntry, publish func(su
 // created at once at least one sees the other; the message ids make a
 // notice sent by both sides count once.
 func (e *Engine) supersede(ctx context.Context, o outboxEntry, older []string, newer string, publish func(subject, msgID string, data []byte) error) error {
+	// The new flow records the one it supersedes (the newest of them, the
+	// version it follows), before the older ones hear of it: once they
+	// have ended, a replay would no longer see them. Once per flow: a
+	// replay sends the same id, which JetStream or the flow drops.
 	newest := ""
+	for _, old := range older {
+		if old != o.FlowID {
+			newest = old // older is oldest first
+		}
+	}
+	if newest != "" {
+		ie := internalEvent{Kind: "supersedes", FlowID: o.FlowID, By: newest}
+		if err := publishEvent(publish, "supersedes."+o.FlowID, ie); err != nil {
+			return err
+		}
+	}
 	for _, old := range older {
 		if old == o.FlowID {
 			continue
 		}
 		ie := internalEvent{Kind: "supersede", FlowID: old, By: o.FlowID, Version: o.Version}
 		if err := publishEvent(publish, "supersede."+old+"."+o.FlowID, ie); err != nil {
-			return err
-		}
-		newest = old // older is oldest first
-	}
-	if newest != "" {
-		// The new flow records the one it supersedes (the newest of them,
-		// the version it follows). Once per flow: a replay that sees other
-		// flows sends the same id, which JetStream or the flow drops.
-		ie := internalEvent{Kind: "supersedes", FlowID: o.FlowID, By: newest}
-		if err := publishEvent(publish, "supersedes."+o.FlowID, ie); err != nil {
 			return err
 		}
 	}
