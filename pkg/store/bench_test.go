@@ -34,24 +34,9 @@ func BenchmarkCommit(b *testing.B) {
 	ctx := context.Background()
 	n := 5000 * b.N
 	at := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	agents := []flow.Agent{{ID: "s1", Labels: map[string]string{"env": "staging"}}, {ID: "s2", Labels: map[string]string{"env": "staging"}}}
 	flows := make([]*flow.Flow, n)
 	for i := range flows {
-		c := flow.CreateFlow{
-			FlowID: fmt.Sprintf("f%024d", i), Artifact: "acme:web", Version: "v", Commit: "c", Ref: "refs/heads/main",
-			Service: "web", Repository: "acme/web", Spec: flow.Spec{
-				GitURL: "file:///srv/web.git", Command: "./deploy.sh", FailureStrategy: "stop", Supersede: true,
-				Environments: []flow.EnvSpec{
-					{Name: "staging", Targets: map[string]string{"env": "staging"}, Timeout: 30 * time.Minute},
-					{Name: "production", Targets: map[string]string{"env": "production"}, Timeout: 30 * time.Minute},
-				},
-			},
-		}
-		f, _, err := flow.Apply(nil, c, flow.Input{At: at, Agents: agents})
-		require.NoError(b, err)
-		f, _, err = flow.Apply(f, flow.SlotGranted{DeploymentID: flow.DeploymentID(c.FlowID, "staging")}, flow.Input{At: at, Agents: agents})
-		require.NoError(b, err)
-		flows[i] = f
+		flows[i] = testenv.WholeFlow(b, fmt.Sprintf("f%024d", i), at)
 	}
 	// run does n operations from 256 goroutines and returns calls/s and
 	// redis-server CPU µs per call.

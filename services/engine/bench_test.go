@@ -68,7 +68,10 @@ func lastSeq(b *testing.B, js jetstream.JetStream) uint64 {
 // the same consume loop (same stream, batch and worker count) doing one
 // EVALSHA per message and an ack, no logic. It reports both, ours/ceiling,
 // and the CPU each spends per event (this process, which holds the engine
-// and the NATS server, plus redis-server).
+// and the NATS server, plus redis-server). It also reports, for reference,
+// the same loop whose one call is the engine's state write (a whole flow
+// through commit.lua), and ours against it (write_ratio): how much the
+// engine's logic and outbox cost beyond storing the state.
 //
 // The mix is whole flows: per flow, one push (create: index, ask for the
 // environment), the environment grant (create the deployment, two jobs),
@@ -201,7 +204,7 @@ func BenchmarkEngine(b *testing.B) {
 	var ceiling, ceilingCPU float64
 	for _, workers := range slices.Compact(slices.Sorted(slices.Values([]int{8, 64, e.cfg.Workers}))) {
 		for _, grouped := range []bool{false, true} {
-			rate, cpu := benchCeiling(b, e.ConsumerConfig(), workers, events, grouped)
+			rate, cpu := benchCeiling(b, e.ConsumerConfig(), workers, events, nil, evalsha(grouped))
 			b.Logf("ceiling with %d workers (group commit %v): %.0f events/s, %.0f µs CPU/event", workers, grouped, rate, cpu)
 			if rate > ceiling {
 				ceiling, ceilingCPU = rate, cpu
@@ -209,17 +212,50 @@ func BenchmarkEngine(b *testing.B) {
 		}
 	}
 
+	// Not the goal's ceiling, but where the engine's own logic starts: the
+	// same loop whose one call is the engine's state write (commit.lua
+	// moving a whole flow to its next revision, through the group commit),
+	// with the engine's worker count.
+	var stored []*flow.Flow
+	writeRate, _ := benchCeiling(b, e.ConsumerConfig(), e.cfg.Workers, events, func(cx *fixture) {
+		stored = prepareFlows(b, cx, events)
+	}, func(cx *fixture, seq uint64) error {
+		_, err := cx.st.Commit(context.Background(), stored[seq], 1, "next", nil)
+		return err
+	})
+	b.Logf("write ceiling (consume, commit.lua of a whole flow, ack) with %d workers: %.0f events/s", e.cfg.Workers, writeRate)
+
 	b.ReportMetric(ours, "events/s")
+	b.ReportMetric(writeRate, "write_ceiling_events/s")
+	b.ReportMetric(ours/writeRate, "write_ratio")
 	b.ReportMetric(ceiling, "ceiling_events/s")
 	b.ReportMetric(ours/ceiling, "ratio")
 	b.ReportMetric(float64(oursCPU.Nanoseconds())/1e3, "cpu_us/event")
 	b.ReportMetric(ceilingCPU, "ceiling_cpu_us/event")
 }
 
+// ceilingCall is the Redis work the bare loop does per message: on the
+// fixture cx, for the message with stream sequence seq.
+type ceilingCall func(cx *fixture, seq uint64) error
+
+// evalsha is the ceiling's call: one EVALSHA of a one-line script, its
+// own round trip or through the group commit.
+func evalsha(grouped bool) ceilingCall {
+	script := redis.NewScript(`return redis.call('HSET', KEYS[1], 'rev', ARGV[1])`)
+	return func(cx *fixture, seq uint64) error {
+		keys := []string{fmt.Sprintf("c:{%d}", seq%1000)}
+		if grouped {
+			_, err := cx.st.Eval(context.Background(), script, keys, seq)
+			return err
+		}
+		return script.Run(context.Background(), cx.st.Client(), keys, seq).Err()
+	}
+}
+
 // benchCeiling runs the bare loop over events messages on a fresh NATS and
-// Redis: consume, one EVALSHA of a one-line script, ack, with workers
-// goroutines. It returns events/s and CPU µs per event.
-func benchCeiling(b *testing.B, cc jetstream.ConsumerConfig, workers int, events uint64, grouped bool) (float64, float64) {
+// Redis: consume, call, ack, with workers goroutines; prepare (if not nil)
+// runs first, untimed. It returns events/s and CPU µs per event.
+func benchCeiling(b *testing.B, cc jetstream.ConsumerConfig, workers int, events uint64, prepare func(*fixture), call ceilingCall) (float64, float64) {
 	b.StopTimer()
 	defer b.StartTimer()
 	cx := setupWith(b, benchConfig(1))
@@ -230,8 +266,10 @@ func benchCeiling(b *testing.B, cc jetstream.ConsumerConfig, workers int, events
 		require.NoError(b, err)
 	}
 	<-cx.js.PublishAsyncComplete()
-	script := redis.NewScript(`return redis.call('HSET', KEYS[1], 'rev', ARGV[1])`)
-	require.NoError(b, script.Load(context.Background(), rdb).Err())
+	if prepare != nil {
+		prepare(cx)
+	}
+	require.NoError(b, call(cx, 0)) // scripts loaded, connections made: untimed, as the engine's setup is
 	cons, err := cx.js.CreateOrUpdateConsumer(context.Background(), wire.StreamEvents, cc)
 	require.NoError(b, err)
 	b.StartTimer()
@@ -248,11 +286,8 @@ func benchCeiling(b *testing.B, cc jetstream.ConsumerConfig, workers int, events
 			defer wg.Done()
 			for m := range msgs {
 				meta, _ := m.Metadata()
-				keys := []string{fmt.Sprintf("c:{%d}", meta.Sequence.Stream%1000)}
-				if grouped {
-					_, _ = cx.st.Eval(context.Background(), script, keys, meta.Sequence.Stream)
-				} else {
-					_ = script.Run(context.Background(), rdb, keys, meta.Sequence.Stream).Err()
+				if err := call(cx, meta.Sequence.Stream); err != nil {
+					b.Error(err)
 				}
 				_ = m.Ack()
 			}
@@ -279,4 +314,28 @@ func cpuUsed(b *testing.B, rdb redis.UniversalClient) time.Duration {
 	var ru syscall.Rusage
 	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
 	return time.Duration(ru.Utime.Nano()+ru.Stime.Nano()) + testenv.RedisCPU(b, rdb)
+}
+
+// prepareFlows stores one whole flow (testenv.WholeFlow) per message,
+// and one more for the loop's warm-up call, at revision 1, and returns
+// them by stream sequence.
+func prepareFlows(b *testing.B, cx *fixture, events uint64) []*flow.Flow {
+	at := time.Now().UTC()
+	flows := make([]*flow.Flow, events+1)
+	var wg sync.WaitGroup
+	var next atomic.Uint64
+	for range 64 {
+		wg.Go(func() {
+			for seq := next.Add(1) - 1; seq <= events; seq = next.Add(1) - 1 {
+				f := testenv.WholeFlow(b, fmt.Sprintf("w%024d", seq), at)
+				if _, err := cx.st.Commit(context.Background(), f, 0, "create", nil); err != nil {
+					b.Error(err)
+					return
+				}
+				flows[seq] = f
+			}
+		})
+	}
+	wg.Wait()
+	return flows
 }
