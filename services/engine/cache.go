@@ -54,9 +54,10 @@ func (c *flowCache) drop(id string) {
 // flowLocks serialises this replica's writers of one flow, from load to
 // commit: events of a hot flow (many agents reporting at once) wait their
 // turn and find the cached state current, instead of losing the revision
-// check to each other and reading again. Striped: flows that share a stripe also wait for each
-// other, which costs a little concurrency, never correctness (a worker
-// holds one stripe at a time). Replicas still meet at the revision check.
+// check to each other and reading again. Striped: flows that share a
+// stripe also wait for each other, which costs a little concurrency, never
+// correctness (a worker holds one stripe at a time, and never while it
+// waits on NATS). Replicas still meet at the revision check.
 type flowLocks struct {
 	seed    maphash.Seed
 	stripes [flowLockStripes]sync.Mutex

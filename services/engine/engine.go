@@ -68,7 +68,7 @@ type Engine struct {
 	// ackedFunc, when set (benchmarks only), runs after each event acked.
 	ackedFunc func()
 
-	// drainGiveUp is drainGiveUp, but for tests.
+	// drainGiveUp is the constant drainGiveUp; tests change it.
 	drainGiveUp time.Duration
 
 	// afterCommitFunc, when set (tests only), runs between the state write
@@ -325,9 +325,7 @@ func (e *Engine) consume(ctx context.Context, cons jetstream.Consumer, msgs chan
 			}
 			continue
 		}
-		select {
-		case <-ctx.Done():
-		default:
+		if ctx.Err() == nil {
 			select {
 			case msgs <- msg:
 				continue
@@ -445,18 +443,41 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 	// the outbox is carried out after, so that a slow NATS never holds
 	// the flow's other events (and their workers) behind it.
 	unlock := e.locks.lock(t.flowID)
-	locked := true
-	release := func() {
-		if locked {
-			locked = false
-			unlock()
+	w, err := e.write(ctx, t, at)
+	unlock()
+	if err != nil {
+		return "", err
+	}
+	if w.result == "applied" && e.afterCommitFunc != nil {
+		if err := e.afterCommitFunc(); err != nil {
+			return "", err
 		}
 	}
-	defer release()
+	if w.replay {
+		return w.result, e.replay(ctx, t.flowID, w.index)
+	}
+	return w.result, e.runOutbox(ctx, t.flowID, w.writes, w.index)
+}
+
+// written is what a state write leaves to carry out.
+type written struct {
+	result string // "applied" or "duplicate"
+	// replay: carry out the whole stored outbox (a duplicate, or earlier
+	// writers' entries still queued), not only writes.
+	replay bool
+	writes []outbox
+	// index is the flow to index with the trim (nil: none, or, on a
+	// replay, read it).
+	index *flow.Flow
+}
+
+// write loads the flow, applies the event and commits the new state with
+// its outbox, retrying on a lost revision check.
+func (e *Engine) write(ctx context.Context, t target, at time.Time) (written, error) {
 	_, isCreate := t.event.(flow.CreateFlow)
 	for attempt := 0; ; attempt++ {
 		if attempt == maxConflicts {
-			return "", fmt.Errorf("flow %s: %d write conflicts in a row", t.flowID, attempt)
+			return written{}, fmt.Errorf("flow %s: %d write conflicts in a row", t.flowID, attempt)
 		}
 		// unverified: ld is this replica's copy of the flow, or a guess,
 		// not read from Redis now; the commit's revision check catches a
@@ -472,7 +493,7 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		if !unverified || attempt > 0 {
 			var err error
 			if ld, err = e.st.LoadFlow(ctx, t.flowID, t.eventID); err != nil {
-				return "", err
+				return written{}, err
 			}
 		}
 		if ld.Applied || (isCreate && ld.Flow != nil) {
@@ -483,12 +504,11 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 			if unverified {
 				f = nil
 			}
-			release()
-			return "duplicate", e.replay(ctx, t.flowID, f)
+			return written{result: "duplicate", replay: true, index: f}, nil
 		}
 		in, err := e.input(ctx, ld.Flow, t.event, at)
 		if err != nil {
-			return "", err
+			return written{}, err
 		}
 		next, effects, err := flow.Apply(ld.Flow, t.event, in)
 		if err != nil {
@@ -498,11 +518,11 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 				e.cache.drop(t.flowID)
 				continue
 			}
-			return "", permanent(err)
+			return written{}, permanent(err)
 		}
 		ob, err := e.render(next, effects, t.eventID, at)
 		if err != nil {
-			return "", permanent(err)
+			return written{}, permanent(err)
 		}
 		c, err := e.st.Commit(ctx, next, ld.Rev, t.eventID, ob.raw)
 		if errors.Is(err, store.ErrConflict) {
@@ -516,41 +536,31 @@ func (e *Engine) apply(ctx context.Context, t target, at time.Time) (string, err
 		}
 		if errors.Is(err, store.ErrAlreadyApplied) {
 			e.cache.drop(t.flowID)
-			release()
-			return "duplicate", e.replay(ctx, t.flowID, nil)
+			return written{result: "duplicate", replay: true}, nil
 		}
 		if err != nil {
 			e.cache.drop(t.flowID)
-			return "", err
+			return written{}, err
 		}
 		e.cache.put(next, c.Rev)
-		release()
-		if e.afterCommitFunc != nil {
-			if err := e.afterCommitFunc(); err != nil {
-				return "", err
-			}
-		}
 		// Indexes live in other cluster slots, so they are written after
 		// the state landed, with the outbox's acknowledgement; both are
 		// idempotent and redone on a replay. A new flow is listed and
 		// joins its service's active set (a supersede flow joined it
 		// already, just before looking); a flow that ended is marked ended
 		// there, for good.
-		var index *flow.Flow
+		w := written{result: "applied"}
 		if isCreate || next.State.Terminal() {
-			index = next
+			w.index = next
 		}
-		var writes []outbox
 		if len(ob.raw) > 0 {
 			ob.rev = c.Rev
-			writes = []outbox{ob}
+			w.writes = []outbox{ob}
 		}
-		if c.Pending > int64(len(writes)) {
-			// An earlier writer's entries are still queued: carry out the
-			// whole outbox in order.
-			return "applied", e.replay(ctx, t.flowID, index)
-		}
-		return "applied", e.runOutbox(ctx, t.flowID, writes, index)
+		// Earlier writers' entries still queued: carry out the whole
+		// outbox, in order.
+		w.replay = c.Pending > int64(len(w.writes))
+		return w, nil
 	}
 }
 
