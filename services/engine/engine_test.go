@@ -108,6 +108,18 @@ func startEngine(ctx context.Context, e *Engine) <-chan error {
 	return done
 }
 
+// requireStopped fails the test unless Run, started by startEngine,
+// returns without an error within d.
+func requireStopped(t *testing.T, done <-chan error, d time.Duration) {
+	t.Helper()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(d):
+		t.Fatalf("engine still stopping %s after it was told to", d)
+	}
+}
+
 // runEngine runs e until the test ends.
 func runEngine(t *testing.T, e *Engine) {
 	t.Helper()
@@ -546,12 +558,7 @@ func stopGivesBack(t *testing.T, events, pulled int) {
 	})
 	cancel()
 	close(release)
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("engine did not stop in 30s")
-	}
+	requireStopped(t, done, 30*time.Second)
 	// The server takes acks in its own time: wait for the two in hand.
 	var info *jetstream.ConsumerInfo
 	testenv.Eventually(t, 10*time.Second, "the events in hand acked", func() bool {
@@ -637,10 +644,5 @@ func TestEngineStopsWithNATSDown(t *testing.T) {
 	cancel()
 	// Draining would wait out the minute above; stopping at once takes
 	// next to nothing.
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("engine still stopping 20s after it was told to, with NATS down")
-	}
+	requireStopped(t, done, 20*time.Second)
 }
